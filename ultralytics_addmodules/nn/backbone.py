@@ -1,0 +1,69 @@
+"""The multi-output backbone contract shared by every family.
+
+A backbone is one YAML line. Its constructor is ``Cls(c1, *yaml_args)`` where the last optional YAML
+argument may be a pretrained-weights source; ``forward`` returns ``[P2, P3, P4, P5]`` (strides 4, 8, 16,
+32) and ``out_channels`` lists their channels. The parser (registry rule ``MultiOutputBackbone``) expands
+the line into layer 0 (this module) and layers 1-4 (``SelectFeature`` picking P2..P5).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+from torch import nn
+
+FEATURE_STRIDES = (4, 8, 16, 32)
+
+
+class Backbone(nn.Module):
+    """Base class of multi-output backbones.
+
+    Subclasses set ``self.out_channels`` (four ints) and implement ``forward`` returning four tensors.
+    For ImageNet weights they implement ``weight_sources`` and ``convert_state_dict``; call
+    ``self.load_pretrained_if_requested(pretrained)`` at the end of ``__init__``.
+    """
+
+    out_channels: list[int]
+    strides = FEATURE_STRIDES
+
+    def weight_sources(self) -> dict[str, str]:
+        """Published weights of exactly this architecture, e.g. ``{"timm": "efficientnet_b0"}``.
+
+        Empty when this configuration (width, depth) has no published weights.
+        """
+        return {}
+
+    def weight_hint(self) -> str:
+        """Which configurations of this family have published weights (used in error messages)."""
+        return "width 1.0"
+
+    def convert_state_dict(self, state_dict: Mapping[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+        """Rename a reference state dict (``source`` is "timm" or "torchvision") to this module's keys.
+
+        Keys outside the backbone (classifier, head conv) are dropped. Keys that cannot be mapped are left
+        out; ``load_pretrained`` reports every backbone tensor that ends up missing or mis-shaped.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no weight mapping for {source!r}")
+
+    def load_pretrained_if_requested(self, pretrained) -> None:
+        """Load weights when a YAML line carried a source (``[1.0, timm]`` or a file path)."""
+        if pretrained in (None, False, "", "none", "None"):
+            return
+        from ..weights import load_pretrained  # late import: weights imports this module
+
+        load_pretrained(self, "timm" if pretrained is True else pretrained)
+
+
+class SelectFeature(nn.Module):
+    """Layer 1-4 of an expanded backbone line: picks one feature map from the backbone's list."""
+
+    def __init__(self, index: int):
+        super().__init__()
+        self.index = index
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        return features[self.index]
+
+    def extra_repr(self) -> str:
+        return f"index={self.index}"
