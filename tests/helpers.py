@@ -1,0 +1,78 @@
+"""Test helpers shared by the suite (import with ``from helpers import ...``)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+
+
+def make_tiny_dataset(root: Path, n_train: int = 8, n_val: int = 4, imgsz: int = 64, nc: int = 2) -> Path:
+    """Write a tiny seeded YOLO dataset (coloured rectangles on noise) and return its data YAML path."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", n_train), ("val", n_val)):
+        (root / split / "images").mkdir(parents=True, exist_ok=True)
+        (root / split / "labels").mkdir(parents=True, exist_ok=True)
+        for k in range(count):
+            img = rng.integers(0, 60, (imgsz, imgsz, 3), dtype=np.uint8)
+            lines = []
+            for _ in range(2):
+                cls = int(rng.integers(0, nc))
+                w, h = rng.integers(imgsz // 4, imgsz // 2, 2)
+                x0, y0 = rng.integers(0, imgsz - w), rng.integers(0, imgsz - h)
+                img[y0:y0 + h, x0:x0 + w] = (255, 60, 60) if cls == 0 else (60, 255, 60)
+                lines.append(f"{cls} {(x0 + w / 2) / imgsz:.5f} {(y0 + h / 2) / imgsz:.5f} {w / imgsz:.5f} {h / imgsz:.5f}")
+            cv2.imwrite(str(root / split / "images" / f"{k:03d}.jpg"), img)
+            (root / split / "labels" / f"{k:03d}.txt").write_text("\n".join(lines) + "\n")
+    names = "\n".join(f"  {i}: class{i}" for i in range(nc))
+    data = root / "data.yaml"
+    data.write_text(f"path: {root}\ntrain: train/images\nval: val/images\nnames:\n{names}\n")
+    return data
+
+
+def train_one_step(model, imgsz: int = 64, batch: int = 2, nc: int | None = None) -> float:
+    """One optimiser step of an Ultralytics detection model on a random batch; returns the loss.
+
+    Asserts the loss is finite and that the step changed the weights.
+    """
+    from ultralytics.cfg import get_cfg
+
+    nc = nc or model.nc
+    model.args = get_cfg()
+    model.train()
+    g = torch.Generator().manual_seed(0)
+    targets = torch.tensor([[i % batch, i % nc, 0.5, 0.5, 0.3, 0.4] for i in range(2 * batch)], dtype=torch.float32)
+    data = {
+        "img": torch.rand(batch, 3, imgsz, imgsz, generator=g),
+        "batch_idx": targets[:, 0],
+        "cls": targets[:, 1:2],
+        "bboxes": targets[:, 2:],
+    }
+    params = [p for p in model.parameters() if p.requires_grad]
+    before = [p.detach().clone() for p in params]
+    opt = torch.optim.SGD(params, lr=0.01)
+    loss, _ = model.loss(data)
+    loss = loss.sum()
+    assert torch.isfinite(loss), f"non-finite loss {loss}"
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    assert any(not torch.equal(b, p.detach()) for b, p in zip(before, params)), "training step changed nothing"
+    return float(loss)
+
+
+def fresh_python(code: str, cwd: Path | None = None, env: dict | None = None, python: str | None = None,
+                 timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run ``code`` in a new interpreter (as Ultralytics' DDP workers and the yolo CLI start)."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([python or sys.executable, "-c", code], cwd=cwd, env=full_env, capture_output=True,
+                          text=True, timeout=timeout)

@@ -1,0 +1,60 @@
+"""Both install modes (regular and editable) activate the add-on in a fresh interpreter.
+
+Each case builds a throw-away venv that reuses the main environment's packages (a path line pointing at the
+main site-packages; its .pth files are not run, so the main install of this project stays invisible) and
+installs this project into it with ``--no-deps --no-build-isolation`` (no network needed).
+"""
+
+from __future__ import annotations
+
+import site
+import subprocess
+import sys
+import sysconfig
+import textwrap
+import venv
+
+import pytest
+from helpers import REPO, fresh_python
+
+CHECK = textwrap.dedent("""
+    import sys
+    assert 'torch' not in sys.modules and 'ultralytics' not in sys.modules, 'start-up imported heavy modules'
+    from ultralytics.nn import tasks
+    import ultralytics_addmodules
+    print('RESULT', tasks.parse_model.__module__, ultralytics_addmodules.__file__)
+    from ultralytics_addmodules.model_yamls import list_model_yamls
+    print('YAMLS', len(list_model_yamls()))
+""")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("editable", [False, True], ids=["regular", "editable"])
+def test_install_mode(tmp_path, editable):
+    pytest.importorskip("hatchling")  # test extra: installs without build isolation, so offline
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=False).create(env_dir)
+    python = env_dir / "bin" / "python"
+    child_site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                capture_output=True, text=True, check=True).stdout.strip()
+    main_site = sysconfig.get_paths()["purelib"]
+    with open(f"{child_site}/zz_main_env.pth", "w") as f:  # runs last: our own .pth files come first
+        f.write(main_site + "\n")
+    args = [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
+            "--no-build-isolation", "--no-index"]
+    if editable:
+        args.append("-e")
+    build = subprocess.run([*args, str(REPO)], capture_output=True, text=True, cwd=tmp_path)
+    assert build.returncode == 0, build.stderr[-3000:]
+
+    r = fresh_python(CHECK, cwd=tmp_path, python=str(python))
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = [line.split() for line in r.stdout.splitlines() if line[:6] in ("RESULT", "YAMLS ")]
+    module, location = result[0][1:]
+    assert module == "ultralytics_addmodules.patch"
+    if editable:
+        assert location.startswith(str(REPO))
+    else:
+        assert location.startswith(child_site)
+    assert int(result[1][1]) == len(list((REPO / "yaml").glob("*.yaml")))
+    assert site  # keep the import explicit: the main env's site layout is what we point at

@@ -1,0 +1,264 @@
+"""The only module that touches Ultralytics internals.
+
+``apply()`` registers every Ultralytics 8.3.0 module with its channel rule and rebinds a handful of
+functions: ``tasks.parse_model`` (our registry-driven parser), ``check_yaml`` (bare names of our shipped
+YAMLs resolve anywhere), ``BaseModel.fuse`` (also folds BatchNorm inside our modules) and the ONNX export
+(``Model.export`` keeps 8.3.0's TorchScript-based ONNX exporter on torch versions whose default became
+the dynamo exporter).
+Nothing else in the package knows how Ultralytics is patched.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import inspect
+import sys
+
+import torch
+from torch import nn
+from ultralytics.nn import modules as ul
+from ultralytics.nn import tasks
+from ultralytics.utils import LOGGER, VERBOSE, checks
+
+from . import parser
+from .model_yamls import find_model_yaml
+from .nn.common import fuse_modules
+from .registry import (
+    ChannelRule,
+    ConcatChannels,
+    InputChannelList,
+    LayerContext,
+    Resolved,
+    SameChannels,
+    ScaledOutput,
+    make_divisible,
+    register_module,
+    registered_names,
+)
+
+STOCK: dict = {}  # the original Ultralytics functions, saved once before they are replaced
+
+
+# --- channel rules that only Ultralytics' own modules need -------------------------------------------
+class C3k2Rule(ScaledOutput):
+    """C3k2 switches to C3k inner blocks (``c3k=True``) at the m/l/x scales."""
+
+    def resolve(self, args: list, ctx: LayerContext) -> Resolved:
+        r = super().resolve(args, ctx)
+        if ctx.scale and ctx.scale in "mlx":
+            r.args[3] = True
+        return r
+
+
+class C2fAttnRule(ScaledOutput):
+    """C2fAttn also scales its embedding channels (arg 1) and head count (arg 2)."""
+
+    def resolve(self, args: list, ctx: LayerContext) -> Resolved:
+        args = list(args)
+        half = ctx.max_channels // 2
+        args[1] = make_divisible(min(args[1], half) * ctx.width, 8)
+        args[2] = int(max(round(min(args[2], half // 32)) * ctx.width, 1) if args[2] > 1 else args[2])
+        return super().resolve(args, ctx)
+
+
+class PrependInputChannels(ChannelRule):
+    """AIFI: input channels go first; output channels stay those of the previous rule."""
+
+    def resolve(self, args: list, ctx: LayerContext) -> Resolved:
+        return Resolved([ctx.c1, *args], ctx.prev_c2, ctx.repeats)
+
+
+class HGRule(ChannelRule):
+    """HGStem/HGBlock: ``[cm, c2, ...]`` unscaled; HGBlock takes the repeat count at index 4."""
+
+    def __init__(self, repeats_at: int | None = None):
+        self.repeats_at = repeats_at
+
+    def resolve(self, args: list, ctx: LayerContext) -> Resolved:
+        new_args = [ctx.c1, args[0], args[1], *args[2:]]
+        repeats = ctx.repeats
+        if self.repeats_at is not None:
+            new_args.insert(self.repeats_at, repeats)
+            repeats = 1
+        return Resolved(new_args, args[1], repeats)
+
+
+class ResNetLayerRule(ChannelRule):
+    """ResNetLayer: output is ``c2`` for the stem, else ``4 * c2`` (bottleneck expansion)."""
+
+    def resolve(self, args: list, ctx: LayerContext) -> Resolved:
+        return Resolved(list(args), args[1] if args[3] else args[1] * 4, ctx.repeats)
+
+
+class BatchNormRule(ChannelRule):
+    """nn.BatchNorm2d takes only the input channel count."""
+
+    def resolve(self, args: list, ctx: LayerContext) -> Resolved:
+        return Resolved([ctx.c1], ctx.prev_c2, ctx.repeats)
+
+
+class CBLinearRule(ChannelRule):
+    """CBLinear: ``[c2s, ...]`` where c2s is a list of unscaled output channels."""
+
+    def resolve(self, args: list, ctx: LayerContext) -> Resolved:
+        return Resolved([ctx.c1, args[0], *args[1:]], args[0], ctx.repeats)
+
+
+class CBFuseRule(ChannelRule):
+    """CBFuse: output channels are those of its last input."""
+
+    def resolve(self, args: list, ctx: LayerContext) -> Resolved:
+        return Resolved(list(args), ctx.ch[ctx.source[-1]], ctx.repeats)
+
+
+def _builtin_rules() -> dict:
+    """Rule of every Ultralytics 8.3.0 module that its parse_model treats specially (data, not code)."""
+    plain, csp, heads = ScaledOutput(), ScaledOutput(repeats_in_args=True), InputChannelList()
+    table = {
+        plain: ("Classify", "Conv", "ConvTranspose", "GhostConv", "Bottleneck", "GhostBottleneck", "SPP", "SPPF",
+                "DWConv", "Focus", "RepNCSPELAN4", "ELAN1", "ADown", "AConv", "SPPELAN", "DWConvTranspose2d",
+                "PSA", "SCDown"),
+        csp: ("BottleneckCSP", "C1", "C2", "C2f", "C3", "C3TR", "C3Ghost", "C3x", "RepC3", "C2fPSA", "C2fCIB",
+              "C2PSA"),
+        C3k2Rule(repeats_in_args=True): ("C3k2",),
+        C2fAttnRule(repeats_in_args=True): ("C2fAttn",),
+        ConcatChannels(): ("Concat",),
+        heads: ("Detect", "WorldDetect", "Pose", "OBB", "ImagePoolingAttn", "v10Detect"),
+        InputChannelList(scale_arg=2): ("Segment",),
+        InputChannelList(insert_at=1): ("RTDETRDecoder",),
+        PrependInputChannels(): ("AIFI",),
+        HGRule(): ("HGStem",),
+        HGRule(repeats_at=4): ("HGBlock",),
+        ResNetLayerRule(): ("ResNetLayer",),
+        CBLinearRule(): ("CBLinear",),
+        CBFuseRule(): ("CBFuse",),
+    }
+    rules = {getattr(ul, name): rule for rule, names in table.items() for name in names}
+    rules[nn.ConvTranspose2d] = plain
+    rules[nn.BatchNorm2d] = BatchNormRule()
+    return rules
+
+
+def register_builtin_modules() -> None:
+    """Register every module class Ultralytics 8.3.0 exports, with the rule its parse_model applies."""
+    special = _builtin_rules()
+    for name in ul.__all__:
+        cls = getattr(ul, name)
+        if isinstance(cls, type) and issubclass(cls, nn.Module):
+            register_module(cls, special.get(cls, SameChannels()), name=name)
+    for cls in (nn.ConvTranspose2d, nn.BatchNorm2d):  # written as nn.X in YAMLs; the parser finds their rules
+        register_module(cls, special[cls], name=f"nn.{cls.__name__}")
+
+
+# --- the YAML 'activation:' key ------------------------------------------------------------------------
+def _activation_from_yaml(expr: str) -> nn.Module:
+    """Build ``nn.SiLU()``-style expressions without eval: only torch.nn classes with literal arguments."""
+    error = ValueError(f"activation {expr!r} is not supported; write a torch.nn module call such as 'nn.ReLU()' "
+                       "or 'nn.LeakyReLU(0.1)'")
+    try:
+        call = ast.parse(expr, mode="eval").body
+    except SyntaxError:
+        raise error from None
+    if not isinstance(call, ast.Call):
+        raise error
+    dotted = []
+    node = call.func
+    while isinstance(node, ast.Attribute):
+        dotted.insert(0, node.attr)
+        node = node.value
+    if not isinstance(node, ast.Name) or [node.id, *dotted[:-1]] not in (["nn"], ["torch", "nn"]):
+        raise error
+    cls = getattr(nn, dotted[-1], None) if dotted else None
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise error
+    try:
+        args = [ast.literal_eval(a) for a in call.args]
+        kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
+    except ValueError:
+        raise error from None
+    return cls(*args, **kwargs)
+
+
+def _set_default_activation(expr: str) -> None:
+    ul.Conv.default_act = _activation_from_yaml(expr)  # what stock does: every Conv built after this uses it
+
+
+# --- replacements ----------------------------------------------------------------------------------------
+def _parse_model(d, ch, verbose=True):
+    """Drop-in for ``tasks.parse_model`` (same signature)."""
+    return parser.parse_model(d, ch, verbose, set_activation=_set_default_activation)
+
+
+def _check_yaml(file, suffix=(".yaml", ".yml"), hard=True):
+    """Stock lookup first (local files, Ultralytics' cfg tree); then the YAMLs shipped with this package."""
+    found = STOCK["check_yaml"](file, suffix, hard=False)
+    if found:
+        return found
+    packaged = find_model_yaml(file)
+    if packaged is not None:
+        return str(packaged)
+    return STOCK["check_yaml"](file, suffix, hard=hard)
+
+
+def _fuse(self, verbose=True):
+    """``BaseModel.fuse`` that first folds the BatchNorms inside our modules, then runs the stock fuse."""
+    fuse_modules(self.model)
+    return STOCK["fuse"](self, verbose=verbose)
+
+
+def _onnx_export_needs_legacy_default() -> bool:
+    param = inspect.signature(torch.onnx.export).parameters.get("dynamo")
+    return param is not None and param.default is True
+
+
+def _export(self, **kwargs):
+    """``Model.export`` with torch's TorchScript-based ONNX exporter as the default.
+
+    8.3.0 was written for that exporter; newer torch defaults to the dynamo exporter (needs onnxscript,
+    builds other graphs). Every format that goes through ONNX (onnx, engine, openvino, ...) is covered.
+    """
+    original = torch.onnx.export
+    torch.onnx.export = functools.partial(original, dynamo=False)
+    try:
+        return STOCK["export"](self, **kwargs)
+    finally:
+        torch.onnx.export = original
+
+
+def _rebind_everywhere(original, replacement, attribute: str) -> None:
+    """Replace ``attribute`` in every already-imported Ultralytics module that bound ``original``."""
+    for name, module in list(sys.modules.items()):
+        if name.startswith("ultralytics.") and getattr(module, attribute, None) is original:
+            setattr(module, attribute, replacement)
+
+
+def apply() -> None:
+    """Patch Ultralytics (idempotent)."""
+    if STOCK:
+        return
+    from ultralytics.engine.model import Model
+
+    register_builtin_modules()
+    STOCK.update(
+        parse_model=tasks.parse_model,
+        check_yaml=checks.check_yaml,
+        fuse=tasks.BaseModel.fuse,
+        export=Model.export,
+    )
+    tasks.parse_model = _parse_model
+    _rebind_everywhere(STOCK["check_yaml"], _check_yaml, "check_yaml")
+    checks.check_yaml = _check_yaml
+    tasks.BaseModel.fuse = _fuse
+    if _onnx_export_needs_legacy_default():
+        Model.export = _export
+    if VERBOSE:
+        from .registry import lookup
+
+        ours = [n for n in registered_names() if lookup(n).cls.__module__.startswith("ultralytics_addmodules")]
+        LOGGER.info(f"ultralytics-addmodules active: {len(ours)} extra YAML modules ({', '.join(ours[:4])}, ...)")
+
+
+def stock_parse_model():
+    """Ultralytics' own parse_model (for comparisons in tests and benchmarks)."""
+    return STOCK.get("parse_model", tasks.parse_model)
