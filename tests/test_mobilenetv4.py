@@ -20,6 +20,7 @@ from ultralytics_addmodules.nn.mobilenetv4 import (
     MobileNetV4HybridMedium,
 )
 from ultralytics_addmodules.registry import MultiOutputBackbone, lookup
+from ultralytics_addmodules.weights import load_pretrained
 
 timm = pytest.importorskip("timm")
 
@@ -84,8 +85,8 @@ def test_same_features_as_timm_with_its_weights(variant, tmp_path):
     torch.save(ref.state_dict(), path)
 
     ours = CLASSES[variant]().eval()
-    converted = ours.convert_state_dict(torch.load(path), "timm")
-    ours.load_state_dict(converted, strict=True)  # every tensor of ours is matched, none left over
+    (report,) = load_pretrained(ours, path, verbose=False)  # strict: every tensor matched, right shapes
+    assert report.architecture == f"timm:{VARIANTS[variant].timm_name}"
     x = torch.randn(2, 3, 64, 96)  # non-square: catches H/W mix-ups in the attention reshapes
     with torch.no_grad():
         expected, got = ref(x), ours(x)
@@ -170,3 +171,60 @@ def test_registered_as_multi_output_backbones():
         reg = lookup(cls.__name__)
         assert reg is not None and reg.cls is cls
         assert isinstance(reg.rule, MultiOutputBackbone)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Through Ultralytics: the shipped YAML, every variant in it, training, pretrained weights named in the YAML
+# ---------------------------------------------------------------------------------------------------------
+def yolo11_with(backbone: str, args: list):
+    from copy import deepcopy
+
+    from ultralytics.nn.tasks import DetectionModel, yaml_model_load
+
+    cfg = deepcopy(yaml_model_load("yolo11n-MobileNetV4.yaml"))
+    cfg["backbone"][0] = [-1, 1, backbone, args]
+    return DetectionModel(cfg, verbose=False)
+
+
+def test_shipped_yaml_builds_trains_and_fuses():
+    from helpers import train_one_step
+    from ultralytics import YOLO
+
+    model = YOLO("yolo11n-MobileNetV4.yaml").model
+    backbone = model.model[0]
+    assert isinstance(backbone, MobileNetV4ConvSmall) and backbone.width == 0.5
+    assert model.stride.tolist() == [8, 16, 32]
+    assert type(model.model[5]).__name__ == "SPPF" and type(model.model[6]).__name__ == "C2PSA"
+    assert model.model[-1].f == [12, 15, 18]
+    train_one_step(model, imgsz=64, nc=80)
+
+    model.eval()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        before = model(x)[0]
+        fuse_modules(model)
+        after = model(x)[0]
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.model[0].modules())
+    torch.testing.assert_close(after, before, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_every_variant_builds_in_the_yaml(variant):
+    model = yolo11_with(CLASSES[variant].__name__, [0.25]).eval()
+    assert model.stride.tolist() == [8, 16, 32]
+    assert model.model[5].cv1.conv.in_channels == model.model[0].out_channels[3]  # SPPF reads P5
+    with torch.no_grad():
+        preds = model(torch.rand(1, 3, 64, 96))[0]
+    assert preds.shape == (1, 84, (64 * 96) // 64 + (64 * 96) // 256 + (64 * 96) // 1024)
+
+
+def test_pretrained_file_named_in_yaml_is_loaded(tmp_path):
+    ref = timm_features("conv_small")
+    with torch.no_grad():
+        ref.conv_stem.weight.fill_(0.125)
+    path = tmp_path / "mnv4s.pt"
+    torch.save(ref.state_dict(), path)
+    model = yolo11_with("MobileNetV4ConvSmall", [1.0, str(path)])
+    assert torch.equal(model.model[0].stem.conv.weight, ref.conv_stem.weight)
+    with pytest.raises(ValueError, match="no published ImageNet weights"):
+        yolo11_with("MobileNetV4ConvSmall", [0.5, str(path)])

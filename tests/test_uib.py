@@ -112,3 +112,16 @@ def test_c3_uib_fuses():
         after = m(x)
     assert not any(isinstance(mod, nn.BatchNorm2d) for mod in m.modules())
     torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name, block_layers", [("yolo11n-C3_UIB.yaml", 8), ("yolov5n-C3_UIB.yaml", 8)])
+def test_shipped_yamls_build_and_train(name, block_layers):
+    from helpers import train_one_step
+    from ultralytics import YOLO
+
+    model = YOLO(name).model
+    blocks = [m for m in model.model if isinstance(m, C3_UIB)]
+    assert len(blocks) == block_layers
+    assert not any(type(m).__name__ in ("C3", "C3k2") for m in model.modules())
+    assert model.stride.tolist() == [8, 16, 32]
+    train_one_step(model, imgsz=64, nc=80)
