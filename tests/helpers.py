@@ -76,3 +76,20 @@ def fresh_python(code: str, cwd: Path | None = None, env: dict | None = None, py
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([python or sys.executable, "-c", code], cwd=cwd, env=full_env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def randomize_and_calibrate_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Random norm affine parameters, then BatchNorm statistics measured on random images (train mode),
+    so features stay O(1) and an absolute parity tolerance is meaningful. Returns the model in eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+                m.reset_running_stats()
+                m.momentum = None  # cumulative average over the calibration batches
+        model.train()
+        for _ in range(2):
+            model(torch.randn(4, 3, 64, 96, generator=g))
+    return model.eval()

@@ -2,7 +2,8 @@
 
 ``apply()`` registers every Ultralytics 8.3.0 module with its channel rule and rebinds a handful of
 functions: ``tasks.parse_model`` (our registry-driven parser), ``check_yaml`` (bare names of our shipped
-YAMLs resolve anywhere), ``BaseModel.fuse`` (also folds BatchNorm inside our modules) and the ONNX export
+YAMLs resolve anywhere), ``BaseModel.fuse`` (also folds BatchNorm inside our modules),
+``initialize_weights`` (backbones keep their reference BatchNorm eps) and the ONNX export
 (``Model.export`` keeps 8.3.0's TorchScript-based ONNX exporter on torch versions whose default became
 the dynamo exporter).
 Nothing else in the package knows how Ultralytics is patched.
@@ -23,6 +24,7 @@ from ultralytics.utils import LOGGER, VERBOSE, checks
 
 from . import parser
 from .model_yamls import find_model_yaml
+from .nn.backbone import Backbone
 from .nn.common import fuse_modules
 from .registry import (
     ChannelRule,
@@ -226,6 +228,17 @@ def _export(self, **kwargs):
         torch.onnx.export = original
 
 
+def _initialize_weights(model):
+    """Ultralytics sets every BatchNorm's eps to 1e-3. Backbones keep the eps of their reference network,
+    otherwise ImageNet weights would compute different features inside a YOLO model."""
+    backbone_bns = [m for b in model.modules() if isinstance(b, Backbone) for m in b.modules()
+                    if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    eps = [m.eps for m in backbone_bns]
+    STOCK["initialize_weights"](model)
+    for m, e in zip(backbone_bns, eps):
+        m.eps = e
+
+
 def _rebind_everywhere(original, replacement, attribute: str) -> None:
     """Replace ``attribute`` in every already-imported Ultralytics module that bound ``original``."""
     for name, module in list(sys.modules.items()):
@@ -245,11 +258,13 @@ def apply() -> None:
         check_yaml=checks.check_yaml,
         fuse=tasks.BaseModel.fuse,
         export=Model.export,
+        initialize_weights=tasks.initialize_weights,
     )
     tasks.parse_model = _parse_model
     _rebind_everywhere(STOCK["check_yaml"], _check_yaml, "check_yaml")
     checks.check_yaml = _check_yaml
     tasks.BaseModel.fuse = _fuse
+    tasks.initialize_weights = _initialize_weights
     if _onnx_export_needs_legacy_default():
         Model.export = _export
     if VERBOSE:
