@@ -3,7 +3,8 @@
 ``apply()`` registers every Ultralytics 8.3.0 module with its channel rule and rebinds a handful of
 functions: ``tasks.parse_model`` (our registry-driven parser), ``check_yaml`` (bare names of our shipped
 YAMLs resolve anywhere), ``BaseModel.fuse`` (also folds BatchNorm inside our modules),
-``initialize_weights`` (backbones keep their reference BatchNorm eps) and the ONNX export
+``initialize_weights`` (backbones keep their reference BatchNorm eps), checkpoint loading (clear errors for
+corrupt files and missing modules instead of an automatic pip install) and the ONNX export
 (``Model.export`` keeps 8.3.0's TorchScript-based ONNX exporter on torch versions whose default became
 the dynamo exporter).
 Nothing else in the package knows how Ultralytics is patched.
@@ -14,7 +15,9 @@ from __future__ import annotations
 import ast
 import functools
 import inspect
+import pickle
 import sys
+import zipfile
 
 import torch
 from torch import nn
@@ -239,6 +242,49 @@ def _initialize_weights(model):
         m.eps = e
 
 
+# Modules a checkpoint of ours may need, and how to get them (instead of Ultralytics' automatic pip install).
+_INSTALL_HINTS = {"timm": "pip install ultralytics-addmodules[timm]",
+                  "ultralytics_addmodules": "pip install -U ultralytics-addmodules"}
+
+
+class MissingModuleError(ModuleNotFoundError):
+    """A checkpoint refers to a module that is not installed."""
+
+
+def _check_requirements(requirements=(), *args, **kwargs):
+    """Stop Ultralytics from pip-installing modules a checkpoint of ours needs; say what to install."""
+    top = requirements.split(".")[0] if isinstance(requirements, str) else None
+    if top in _INSTALL_HINTS:
+        from . import __version__
+
+        raise MissingModuleError(
+            f"the checkpoint needs module {requirements!r}, which is not installed (ultralytics-addmodules "
+            f"{__version__}); install it with: {_INSTALL_HINTS[top]}", name=requirements)
+    return STOCK["check_requirements"](requirements, *args, **kwargs)
+
+
+def _is_corrupt_file_error(e: Exception) -> bool:
+    if isinstance(e, (EOFError, pickle.UnpicklingError, zipfile.BadZipFile)):
+        return True
+    return isinstance(e, RuntimeError) and any(s in str(e) for s in ("PytorchStreamReader", "zip archive"))
+
+
+def _torch_safe_load(weight, *args, **kwargs):
+    """``torch_safe_load`` with errors that name the checkpoint file."""
+    try:
+        return STOCK["torch_safe_load"](weight, *args, **kwargs)
+    except MissingModuleError as e:
+        raise MissingModuleError(f"cannot load {str(weight)!r}: {e}", name=e.name) from None
+    except Exception as e:
+        if _is_corrupt_file_error(e):
+            raise RuntimeError(f"cannot load checkpoint {str(weight)!r}: the file is corrupt or truncated "
+                               f"({type(e).__name__}: {e})") from e
+        if isinstance(e, AttributeError) and "ultralytics_addmodules" in str(e):
+            raise MissingModuleError(f"cannot load {str(weight)!r}: {e}; it was saved with another version of "
+                                     f"ultralytics-addmodules: {_INSTALL_HINTS['ultralytics_addmodules']}") from e
+        raise
+
+
 def _rebind_everywhere(original, replacement, attribute: str) -> None:
     """Replace ``attribute`` in every already-imported Ultralytics module that bound ``original``."""
     for name, module in list(sys.modules.items()):
@@ -259,12 +305,16 @@ def apply() -> None:
         fuse=tasks.BaseModel.fuse,
         export=Model.export,
         initialize_weights=tasks.initialize_weights,
+        check_requirements=tasks.check_requirements,
+        torch_safe_load=tasks.torch_safe_load,
     )
     tasks.parse_model = _parse_model
     _rebind_everywhere(STOCK["check_yaml"], _check_yaml, "check_yaml")
     checks.check_yaml = _check_yaml
     tasks.BaseModel.fuse = _fuse
     tasks.initialize_weights = _initialize_weights
+    tasks.check_requirements = _check_requirements  # only tasks' own calls (checkpoint loading) go through it
+    tasks.torch_safe_load = _torch_safe_load
     if _onnx_export_needs_legacy_default():
         Model.export = _export
     if VERBOSE:
