@@ -20,7 +20,12 @@ def zero_branch_(uib: UniversalInvertedBottleneck) -> None:
 
 @pytest.mark.parametrize(
     "start, mid, form, spatial",
-    [(0, 3, "IB", ["mid_dw"]), (3, 0, "ConvNeXt", ["start_dw"]), (0, 0, "FFN", []), (3, 5, "ExtraDW", ["start_dw", "mid_dw"])],
+    [
+        (0, 3, "IB", ["mid_dw"]),
+        (3, 0, "ConvNeXt", ["start_dw"]),
+        (0, 0, "FFN", []),
+        (3, 5, "ExtraDW", ["start_dw", "mid_dw"]),
+    ],
 )
 def test_forms_are_selected_by_the_two_kernels(start, mid, form, spatial):
     block = UniversalInvertedBottleneck(16, 16, start, mid, expand_ratio=2.0)

@@ -316,7 +316,9 @@ def _build_block(spec: BlockSpec, c1: int, c2: int, stride: int, act: str, layer
             c1, c2, spec.start_dw, spec.mid_dw, stride, spec.expand, act=act, layer_scale_init=layer_scale
         )
     if spec.kind == "mqa":
-        # Attention keeps its width; heads and key size are not scaled with the width multiplier.
+        if c1 != c2:
+            raise ValueError(f"an attention block keeps its channels, got {c1} -> {c2}; valid: equal channels")
+        # Heads and key size are not scaled with the width multiplier (as in timm).
         return MobileMQA(c1, spec.heads, spec.key_dim, kv_stride=spec.kv_stride, layer_scale_init=layer_scale)
     raise ValueError(f"unknown block kind {spec.kind!r}; valid: conv, fused_ib, uib, mqa")
 
@@ -343,26 +345,19 @@ class MobileNetV4(Backbone):
         stem = spec.stem if self.width < 1.0 else round_channels(spec.stem * self.width)
         self.stem = ConvBNAct(c1, stem, 3, 2, act=spec.act)
         channels = stem
-        stages = []
+        stages, self.out_channels = [], []
         for stage_spec in spec.stages:
             blocks = []
             for row in stage_spec:
                 for i in range(row.repeats):
-                    c2 = channels if row.kind == "mqa" else round_channels(row.channels * self.width)
-                    blocks.append(_build_block(row, channels, c2, row.stride if i == 0 else 1, spec.act, spec.layer_scale))
+                    c2 = round_channels(row.channels * self.width)
+                    stride = row.stride if i == 0 else 1
+                    blocks.append(_build_block(row, channels, c2, stride, spec.act, spec.layer_scale))
                     channels = c2
             stages.append(nn.Sequential(*blocks))
+            self.out_channels.append(channels)
         self.stages = nn.ModuleList(stages)
-        self.out_channels = [self._stage_channels(s) for s in self.stages]
         self.load_pretrained_if_requested(pretrained)
-
-    @staticmethod
-    def _stage_channels(stage: nn.Sequential) -> int:
-        last = stage[-1]
-        if isinstance(last, MobileMQA):
-            return last.output.out_channels
-        conv = last.conv if isinstance(last, ConvBNAct) else last.project.conv
-        return conv.out_channels
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.stem(x)
