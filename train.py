@@ -1,0 +1,158 @@
+"""Train a YOLO model: edit the settings below, then run ``python train.py``.
+
+Every setting can also be given on the command line, which wins over the value written here:
+
+    python train.py                                        # the settings below
+    python train.py --model yolo11n.yaml                   # same data and schedule, stock YOLO11n
+    python train.py --data path/to/data.yaml --epochs 100 --imgsz 640 --batch 16
+    python train.py --model yolo11n-MobileNetV4.yaml --pretrained mobilenetv4_conv_small.pth
+    python train.py --resume                               # continue the latest interrupted run
+
+The defaults are the quick demo of the README: the bundled sample dataset (dataset/), small images and
+few epochs, so a CPU finishes in a few minutes. For real data raise EPOCHS (100-300) and IMGSZ (640).
+Results go to PROJECT/NAME (Ultralytics' runs/detect/train, train2, ... by default): weights/best.pt,
+results.csv (mAP per epoch) and plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+# ---------------------------------------------------------------------------------------------------
+# Settings: edit these (or override them on the command line)
+# ---------------------------------------------------------------------------------------------------
+MODEL = "yolo11n-MobileNetV4.yaml"  # a YAML name from yaml/ or Ultralytics (yolo11n.yaml), or a .pt file
+DATA = HERE / "dataset" / "data.yaml"  # your data YAML (see docs/workflow.md for the folder layout)
+EPOCHS = 20  # passes over the training images
+IMGSZ = 160  # training image size in pixels (the sample images are 160x160; use 640 for real data)
+BATCH = 16  # images per step; lower it if you run out of (GPU) memory
+DEVICE = None  # None: the first GPU if there is one, else the CPU; or "cpu", "0", "0,1"
+WORKERS = 2  # data-loading processes (Ultralytics uses 0 on the CPU)
+PROJECT = None  # folder for the runs; None: Ultralytics' default runs/detect
+NAME = None  # run name inside PROJECT; None: train, train2, ...
+PRETRAINED = None  # ImageNet backbone weights: a timm/torchvision state-dict file, or "timm" (online)
+SEED = 0  # same seed, same data order and initial weights
+PLOTS = True  # training plots (results.png, label plots, sample mosaics)
+# ---------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Train a YOLO model (settings at the top of train.py).")
+    p.add_argument("--model", default=MODEL, help=f"model YAML or .pt (default: {MODEL})")
+    p.add_argument("--data", default=DATA, help="data YAML (default: the bundled dataset/data.yaml)")
+    p.add_argument("--epochs", type=int, default=EPOCHS, help=f"default: {EPOCHS}")
+    p.add_argument("--imgsz", type=int, default=IMGSZ, help=f"default: {IMGSZ}")
+    p.add_argument("--batch", type=int, default=BATCH, help=f"default: {BATCH}")
+    p.add_argument("--device", default=DEVICE, help="cpu, 0, 0,1 ... (default: GPU 0 if present, else cpu)")
+    p.add_argument("--workers", type=int, default=WORKERS, help=f"default: {WORKERS}")
+    p.add_argument("--project", default=PROJECT, help="runs folder (default: runs/detect)")
+    p.add_argument("--name", default=NAME, help="run name (default: train, train2, ...)")
+    p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="LAST_PT",
+                   help="continue an interrupted run: its weights/last.pt, or nothing for the latest run")
+    p.add_argument("--pretrained", default=PRETRAINED, metavar="SOURCE",
+                   help="load ImageNet backbone weights before training: a state-dict file, or 'timm'")
+    p.add_argument("--seed", type=int, default=SEED, help=f"default: {SEED}")
+    p.add_argument("--no-plots", dest="plots", action="store_false", default=PLOTS, help="skip plots")
+    return p.parse_args(argv)
+
+
+def fail(message: str) -> None:
+    """One line on stderr and a non-zero exit: no traceback for mistakes the user can fix."""
+    print(f"train.py: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def default_device() -> str:
+    import torch
+
+    return "0" if torch.cuda.is_available() else "cpu"
+
+
+def latest_checkpoint(project: str | None) -> Path:
+    from ultralytics.utils.files import get_latest_run
+
+    search = Path(project) if project else Path("runs")
+    last = get_latest_run(str(search)) if search.is_dir() else ""
+    if not last:
+        fail(f"--resume: no weights/last.pt found under {search.resolve()}; pass the path of one")
+    return Path(last)
+
+
+def resume(args: argparse.Namespace) -> None:
+    """Continue an interrupted run with the settings it was started with (Ultralytics keeps them)."""
+    from ultralytics import YOLO
+
+    last = latest_checkpoint(args.project) if args.resume == "latest" else Path(args.resume)
+    if not last.is_file():
+        fail(f"--resume: checkpoint not found: {last.resolve()}")
+    print(f"resuming {last}")
+    YOLO(str(last)).train(resume=True, device=args.device or default_device())
+
+
+def keep_pretrained_backbones(yolo) -> None:
+    """Make the weights loaded into ``yolo`` the starting point of its next ``train()``.
+
+    ``YOLO("x.yaml").train()`` builds a fresh model for the trainer (one with the data's class count),
+    so weights loaded into ``yolo`` beforehand would be dropped. A callback copies the backbone tensors
+    into the trainer's model when training starts.
+    """
+    from ultralytics_addmodules.weights import find_backbones
+
+    loaded = [bb.state_dict() for bb in find_backbones(yolo.model)]
+
+    def copy_backbones(trainer):
+        targets = find_backbones(trainer.model)
+        if len(targets) != len(loaded):
+            raise RuntimeError(f"the model to train has {len(targets)} backbones, the loaded one {len(loaded)}")
+        for state, target in zip(loaded, targets):
+            target.load_state_dict(state)
+
+    yolo.add_callback("on_pretrain_routine_start", copy_backbones)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    import ultralytics_addmodules  # noqa: F401  (teaches Ultralytics the new modules, if not yet done)
+    from ultralytics import YOLO
+    from ultralytics_addmodules.dataset_check import DatasetError, check_dataset
+
+    if args.resume:
+        return resume(args)
+
+    try:
+        summary = check_dataset(args.data)
+    except DatasetError as e:
+        fail(str(e))
+    print(summary)
+
+    try:
+        model = YOLO(args.model)
+    except FileNotFoundError as e:
+        fail(f"model not found: {args.model} ({e})")
+    if args.pretrained:
+        try:
+            ultralytics_addmodules.load_pretrained(model, args.pretrained)
+        except (ValueError, FileNotFoundError) as e:
+            fail(f"--pretrained {args.pretrained}: {e}")
+        keep_pretrained_backbones(model)
+
+    model.train(
+        data=str(summary.yaml_file),  # absolute: Ultralytics then finds the dataset from any directory
+        epochs=args.epochs,
+        imgsz=args.imgsz,
+        batch=args.batch,
+        device=args.device or default_device(),
+        workers=args.workers,
+        project=args.project,
+        name=args.name,
+        seed=args.seed,
+        plots=args.plots,
+    )
+
+
+if __name__ == "__main__":
+    main()

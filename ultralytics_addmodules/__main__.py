@@ -1,0 +1,42 @@
+"""Command line: ``python -m ultralytics_addmodules SUBCOMMAND ...`` (also ``ultralytics-addmodules``).
+
+Subcommands are listed in ``SUBCOMMANDS``: each entry names a module exposing ``build_parser(parser)``
+(adds its arguments) and ``run(args) -> int`` (exit code). Adding a subcommand is one entry there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module inside this package, one-line help)
+SUBCOMMANDS = {
+    "compare": ("compare", "compare model YAMLs: params, GFLOPs, latency, mAP (table + Pareto plot)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m ultralytics_addmodules",
+                                     description="ultralytics-addmodules command line")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, (_module, help_text) in SUBCOMMANDS.items():
+        sub.add_parser(name, help=help_text, description=help_text)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    if not argv or argv[0] not in SUBCOMMANDS:
+        parser.parse_args(argv)  # prints usage / help, or the "invalid choice" error listing the commands
+        return 2
+    module = importlib.import_module(f"{__package__}.{SUBCOMMANDS[argv[0]][0]}")
+    sub_parser = argparse.ArgumentParser(prog=f"{parser.prog} {argv[0]}")
+    args = module.build_parser(sub_parser).parse_args(argv[1:])
+    return module.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
