@@ -1,1 +1,2 @@
 from . import mobilenetv4, uib  # noqa: F401  (MobileNetV4 backbones, UIB, C3_UIB)
+from . import efficientnet, mobilenetv1  # noqa: F401  (MobileNetV1, EfficientNet V1/V2 backbones)
