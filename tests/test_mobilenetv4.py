@@ -19,6 +19,7 @@ from ultralytics_addmodules.nn.mobilenetv4 import (
     MobileNetV4HybridLarge,
     MobileNetV4HybridMedium,
 )
+from ultralytics_addmodules.nn.uib import LayerScale2d
 from ultralytics_addmodules.registry import MultiOutputBackbone, lookup
 from ultralytics_addmodules.weights import load_pretrained
 
@@ -161,7 +162,7 @@ def test_fuse_removes_batchnorm_and_keeps_outputs(variant):
         before = model(x)
         assert fuse_modules(model) > 0
         after = model(x)
-    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert not any(isinstance(m, (nn.BatchNorm2d, LayerScale2d)) for m in model.modules())
     for b, a in zip(before, after):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 

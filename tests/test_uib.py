@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from ultralytics_addmodules.nn.common import fuse_modules
-from ultralytics_addmodules.nn.uib import C3_UIB, UniversalInvertedBottleneck
+from ultralytics_addmodules.nn.uib import C3_UIB, LayerScale2d, UniversalInvertedBottleneck
 from ultralytics_addmodules.registry import LayerContext, ScaledOutput, lookup
 
 
@@ -51,6 +51,32 @@ def test_strided_ffn_and_bad_groups_are_rejected():
         UniversalInvertedBottleneck(16, 16, 3, 3, stride=3)
     with pytest.raises(ValueError, match=r"groups=3.*valid: a divisor"):
         UniversalInvertedBottleneck(16, 16, groups=3)
+
+
+@pytest.mark.parametrize("bn_first", [True, False])
+def test_layer_scale_folds_before_or_after_the_bn(bn_first):
+    torch.manual_seed(0)
+    block = UniversalInvertedBottleneck(8, 8, 3, 0, layer_scale_init=0.5)
+    with torch.no_grad():
+        block.layer_scale.gamma.uniform_(-2, 2)
+        block.project.bn.running_mean.normal_()
+    block.eval()
+    x = torch.randn(1, 8, 6, 6)
+    with torch.no_grad():
+        before = block(x)
+        parts = [block.project, block] if bn_first else [block, block.project]
+        for part in parts:  # fuse_modules visits parents first; either order must give the same result
+            part.fuse()
+        after = block(x)
+    assert not any(isinstance(m, LayerScale2d) for m in block.modules())
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
+
+
+def test_layer_scale_refuses_to_fold_through_an_activation():
+    with pytest.raises(ValueError, match="activation"):
+        UniversalInvertedBottleneck(8, 8, layer_scale_init=1.0).layer_scale.fold_into(
+            UniversalInvertedBottleneck(8, 8).expand
+        )
 
 
 @pytest.mark.parametrize("shortcut", [True, False])

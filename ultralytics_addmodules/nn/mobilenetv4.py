@@ -76,7 +76,7 @@ class PreNorm(nn.Module, Fusable):
         self.bn = affine
 
 
-class MobileMQA(nn.Module):
+class MobileMQA(nn.Module, Fusable):
     """Mobile multi-query attention block: BN -> MQA -> layer scale -> + input.
 
     ``num_heads`` query heads of ``key_dim`` channels attend over ONE shared key (``key_dim``) and ONE shared
@@ -129,6 +129,12 @@ class MobileMQA(nn.Module):
         o = attn @ v  # (B, heads, HW, value_dim)
         o = o.permute(0, 1, 3, 2).reshape(b, self.num_heads * self.value_dim, h, w)
         return x + self.layer_scale(self.output(o))
+
+    def fuse(self) -> None:
+        """Fold the layer scale into the output projection (the BNs are folded by their own ``fuse``)."""
+        if isinstance(self.layer_scale, LayerScale2d):
+            self.layer_scale.fold_into(self.output)
+            self.layer_scale = nn.Identity()
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..registry import ScaledOutput, register_module
-from .common import ConvBNAct, round_channels
+from .common import ConvBNAct, Fusable, round_channels
 
 UIB_FORMS = {
     (False, True): "IB",
@@ -44,8 +44,23 @@ class LayerScale2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.gamma.view(1, -1, 1, 1)
 
+    @torch.no_grad()
+    def fold_into(self, layer: nn.Module) -> None:
+        """Multiply the output channels of ``layer`` (a Conv2d, or a ConvBNAct without activation) by gamma,
+        so that this scale can be dropped at inference. ``layer`` must feed this scale directly."""
+        gamma = self.gamma.detach()
+        if isinstance(layer, ConvBNAct):
+            if not isinstance(layer.act, nn.Identity):
+                raise ValueError(f"cannot fold a layer scale through activation {layer.act!r}; valid: no activation")
+            layer = layer.bn if isinstance(layer.bn, nn.BatchNorm2d) else layer.conv  # BN is affine: scale it
+        if not isinstance(layer, (nn.Conv2d, nn.BatchNorm2d)):
+            raise ValueError(f"cannot fold a layer scale into {type(layer).__name__}; valid: Conv2d, ConvBNAct")
+        layer.weight.mul_(gamma.view(-1, *([1] * (layer.weight.ndim - 1))))
+        if layer.bias is not None:
+            layer.bias.mul_(gamma)
 
-class UniversalInvertedBottleneck(nn.Module):
+
+class UniversalInvertedBottleneck(nn.Module, Fusable):
     """The UIB block; ``start_dw_kernel`` / ``mid_dw_kernel`` (0 = absent) select IB, ConvNeXt-like, FFN or
     ExtraDW (see the module docstring).
 
@@ -106,6 +121,12 @@ class UniversalInvertedBottleneck(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.layer_scale(self.project(self.mid_dw(self.expand(self.start_dw(x)))))
         return x + y if self.add else y
+
+    def fuse(self) -> None:
+        """Fold the layer scale into the projection (its BNs are folded by their own ``fuse``)."""
+        if isinstance(self.layer_scale, LayerScale2d):
+            self.layer_scale.fold_into(self.project)
+            self.layer_scale = nn.Identity()
 
     def extra_repr(self) -> str:
         return f"form={self.form}, residual={self.add}"
