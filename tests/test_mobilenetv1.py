@@ -86,6 +86,11 @@ def test_fixed_width_classes_are_picklable_and_registered():
         assert reg is not None and reg.cls.__name__ == name and isinstance(reg.rule, MultiOutputBackbone)
 
 
+def test_fixed_width_names_reject_a_width_argument():
+    with pytest.raises(ValueError, match=r"MobileNetV1_s has the fixed width 0.5.*got 0.75.*valid: no arguments"):
+        MobileNetV1_s(3, 0.75)
+
+
 @pytest.mark.parametrize("width", [0, -1, "0.5", None, math.inf, True])
 def test_bad_width_names_value_and_choices(width):
     with pytest.raises(ValueError, match=r"MobileNetV1 width.*" + repr(width).replace(".", r"\.") + r".*valid"):

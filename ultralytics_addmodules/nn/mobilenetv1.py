@@ -120,25 +120,37 @@ class MobileNetV1(Backbone):
         return converted
 
 
-class MobileNetV1_n(MobileNetV1):  # noqa: N801  (the YAML name is a public contract)
+class FixedWidthMobileNetV1(MobileNetV1):
+    """MobileNetV1 at the width ``fixed_width`` of a subclass; YAML lines give no width (``[]``)."""
+
+    fixed_width = 1.0
+
+    def __init__(self, c1: int = 3, pretrained=None):
+        if isinstance(pretrained, (int, float)) and not isinstance(pretrained, bool):
+            # `[0.5]` after a fixed-width name would otherwise be read as a weights file named "0.5".
+            raise ValueError(
+                f"{type(self).__name__} has the fixed width {self.fixed_width} and takes no width argument, got "
+                f"{pretrained!r}; valid: no arguments ([]), or use MobileNetV1 with [width]"
+            )
+        super().__init__(c1, self.fixed_width, pretrained)
+
+
+class MobileNetV1_n(FixedWidthMobileNetV1):  # noqa: N801  (the YAML name is a public contract)
     """MobileNetV1 at alpha 0.25 (the YOLOv8 'n' width)."""
 
-    def __init__(self, c1: int = 3, pretrained=None):
-        super().__init__(c1, 0.25, pretrained)
+    fixed_width = 0.25
 
 
-class MobileNetV1_s(MobileNetV1):  # noqa: N801
+class MobileNetV1_s(FixedWidthMobileNetV1):  # noqa: N801
     """MobileNetV1 at alpha 0.5 (the YOLOv8 's' width)."""
 
-    def __init__(self, c1: int = 3, pretrained=None):
-        super().__init__(c1, 0.5, pretrained)
+    fixed_width = 0.5
 
 
-class MobileNetV1_m(MobileNetV1):  # noqa: N801
+class MobileNetV1_m(FixedWidthMobileNetV1):  # noqa: N801
     """MobileNetV1 at alpha 0.75 (the YOLOv8 'm' width)."""
 
-    def __init__(self, c1: int = 3, pretrained=None):
-        super().__init__(c1, 0.75, pretrained)
+    fixed_width = 0.75
 
 
 for _cls in (MobileNetV1, MobileNetV1_n, MobileNetV1_s, MobileNetV1_m):
