@@ -70,6 +70,21 @@ def resolve_data_yaml(data: str | os.PathLike) -> Path:
     return path.resolve()
 
 
+def absolute_data_yaml(dataset):
+    """``dataset`` as Ultralytics' ``check_det_dataset`` should receive it.
+
+    A data YAML without ``path:`` has its root in its own folder only when Ultralytics is given its
+    absolute path; a relative one (``yolo train data=dataset/data.yaml``) would be looked up under the
+    datasets_dir setting instead. So an existing local YAML given by a relative path becomes absolute;
+    anything else (absolute paths, names Ultralytics downloads, dicts) is returned unchanged.
+    """
+    if isinstance(dataset, (str, os.PathLike)):
+        path = Path(dataset)
+        if path.suffix.lower() in {".yaml", ".yml"} and not path.is_absolute() and path.is_file():
+            return str(path.resolve())
+    return dataset
+
+
 def _load_yaml(yaml_file: Path) -> dict:
     try:
         data = yaml.safe_load(yaml_file.read_text(encoding="utf-8")) or {}

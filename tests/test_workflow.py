@@ -1,0 +1,107 @@
+"""The user's workflow end to end: the bundled dataset, and `python train.py` learning on it quickly."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import REPO
+
+from ultralytics_addmodules.dataset_check import absolute_data_yaml, check_dataset
+
+DATASET = REPO / "dataset"
+QUICK_TRAINING_LIMIT_S = 600  # the README promises the quick demo in minutes on a 2-core CPU
+
+
+def subprocess_env() -> dict:
+    return {**os.environ, "YOLO_OFFLINE": "true", "PYTHONPATH": str(REPO)}
+
+
+def test_bundled_dataset_layout_and_check():
+    for split in ("train", "val"):
+        assert (DATASET / split / "images").is_dir() and (DATASET / split / "labels").is_dir()
+    names = yaml.safe_load((DATASET / "data.yaml").read_text())["names"]
+    classes_txt = (DATASET / "train" / "labels" / "classes.txt").read_text().split()
+    assert classes_txt == [names[i] for i in sorted(names)]
+    summary = check_dataset(DATASET / "data.yaml")
+    assert summary.root == DATASET
+    assert 100 <= summary.splits["train"].images <= 200 and 30 <= summary.splits["val"].images <= 50
+    assert summary.splits["val"].objects > summary.splits["val"].images  # several objects per image
+    size = sum(f.stat().st_size for f in DATASET.rglob("*") if f.is_file() and f.suffix != ".cache")
+    assert size < 5 * 2**20, f"bundled dataset is {size / 2**20:.1f} MB"
+
+
+def test_dataset_generator_is_reproducible(tmp_path):
+    subprocess.run([sys.executable, str(REPO / "scripts" / "make_dataset.py"), "--out", str(tmp_path / "ds")],
+                   check=True, capture_output=True, timeout=120)
+    committed = sorted(p.relative_to(DATASET) for p in DATASET.rglob("*") if p.suffix in {".txt", ".jpg", ".yaml"})
+    regenerated = sorted(p.relative_to(tmp_path / "ds") for p in (tmp_path / "ds").rglob("*") if p.is_file())
+    assert committed == regenerated
+    for rel in committed:
+        if rel.suffix != ".jpg":  # JPEG bytes may differ between Pillow builds; labels must not
+            assert (DATASET / rel).read_text() == (tmp_path / "ds" / rel).read_text(), rel
+
+
+def test_data_yaml_resolves_from_any_directory(tmp_path):
+    # train.py and compare pass the absolute YAML path; Ultralytics then roots the dataset next to it
+    code = (
+        "import sys; from pathlib import Path; from ultralytics.data.utils import check_det_dataset;"
+        "d = check_det_dataset(sys.argv[1]); "
+        "assert Path(d['train']).is_dir() and Path(d['val']).is_dir(), d; print(d['nc'])"
+    )
+    result = subprocess.run([sys.executable, "-c", code, str(DATASET / "data.yaml")], cwd=tmp_path,
+                            env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "3"
+
+
+def test_absolute_data_yaml(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    assert absolute_data_yaml("dataset/data.yaml") == str(DATASET / "data.yaml")
+    assert absolute_data_yaml("coco8.yaml") == "coco8.yaml"  # not local: left to Ultralytics
+    assert absolute_data_yaml(str(DATASET / "data.yaml")) == str(DATASET / "data.yaml")
+
+
+@pytest.mark.xfail(strict=True, reason="until patch.py passes data YAMLs through dataset_check.absolute_data_yaml; "
+                   "then this XPASSes (fails as strict) and the marker must go")
+def test_yolo_cli_with_relative_data_yaml_from_repo_root(tmp_path):
+    """`yolo train data=dataset/data.yaml` from the repository root finds the bundled dataset."""
+    code = (
+        "from pathlib import Path; import ultralytics.engine.trainer as trainer;"
+        "d = trainer.check_det_dataset('dataset/data.yaml');"
+        "assert Path(d['val']).resolve() == Path('dataset/val/images').resolve(), d['val']"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=subprocess_env(), capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def read_results(run_dir: Path) -> list[dict]:
+    with open(run_dir / "results.csv", newline="") as f:
+        return [{k.strip(): float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", [None, "yolo11n.yaml"], ids=["default-yolo11n-MobileNetV4", "yolo11n"])
+def test_quick_default_training_reaches_map50(model, tmp_path):
+    """`python train.py` with its default quick settings learns the sample dataset within minutes."""
+    args = [sys.executable, str(REPO / "train.py"), "--project", str(tmp_path / "runs"), "--name", "quick"]
+    if model:
+        args += ["--model", model]
+    start = time.monotonic()
+    result = subprocess.run(args, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True,
+                            timeout=QUICK_TRAINING_LIMIT_S + 300)
+    elapsed = time.monotonic() - start
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = read_results(tmp_path / "runs" / "quick")
+    final_map50 = rows[-1]["metrics/mAP50(B)"]
+    print(f"{model or 'default model'}: {len(rows)} epochs in {elapsed:.0f} s, final mAP50 {final_map50:.3f}, "
+          f"mAP50-95 {rows[-1]['metrics/mAP50-95(B)']:.3f}")
+    assert final_map50 >= 0.3, f"mAP50 {final_map50:.3f} after {len(rows)} epochs"
+    assert elapsed < QUICK_TRAINING_LIMIT_S, f"quick training took {elapsed:.0f} s"
