@@ -185,8 +185,11 @@ class TimmBackbone(Backbone, Fusable):
         was_training = self.training
         self.eval()
         try:
-            timm.utils.reparameterize_model(self.features, inplace=True)
-            fold_conv_batchnorm(self.features, self.example_input())
+            # Exporters and predictors call fuse() under inference_mode, where tensors have no version counter
+            # (the BN tracing needs it) and new parameters would be inference-only tensors.
+            with torch.inference_mode(False):
+                timm.utils.reparameterize_model(self.features, inplace=True)
+                fold_conv_batchnorm(self.features, self.example_input())
         finally:
             self.train(was_training)
         self.fused = True
