@@ -228,7 +228,9 @@ ACTIVATION = "silu"
 # (MBConv without expansion), InvertedResidual (MBConv), ConvBnAct and EdgeResidual (Fused-MBConv 1 / >1).
 _SE_KEYS = {"se.conv_reduce": "se.reduce", "se.conv_expand": "se.expand"}
 TIMM_BLOCK_KEYS = {
-    ("mbconv", False): {"conv_dw": "dw.conv", "bn1": "dw.bn", "conv_pw": "project.conv", "bn2": "project.bn", **_SE_KEYS},
+    ("mbconv", False): {
+        "conv_dw": "dw.conv", "bn1": "dw.bn", "conv_pw": "project.conv", "bn2": "project.bn", **_SE_KEYS,
+    },
     ("mbconv", True): {
         "conv_pw": "expand.conv", "bn1": "expand.bn", "conv_dw": "dw.conv", "bn2": "dw.bn",
         "conv_pwl": "project.conv", "bn3": "project.bn", **_SE_KEYS,
