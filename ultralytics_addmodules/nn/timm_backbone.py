@@ -270,7 +270,11 @@ def fold_conv_batchnorm(root: nn.Module, x: torch.Tensor) -> int:
         _set_submodule(root, bn_name, _bn_replacement(bn))
     with torch.no_grad():
         after = root(x)
-    flat = lambda out: list(out.values()) if isinstance(out, Mapping) else list(out)  # noqa: E731
+    def flat(out) -> list[torch.Tensor]:
+        if isinstance(out, torch.Tensor):
+            return [out]
+        return list(out.values()) if isinstance(out, Mapping) else list(out)
+
     error = max(((a.float() - b.float()).abs().max().item() for a, b in zip(flat(after), flat(before))), default=0.0)
     scale = max((b.float().abs().max().item() for b in flat(before)), default=1.0)
     if error > FUSE_TOLERANCE * max(1.0, scale):
