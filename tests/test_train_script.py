@@ -70,6 +70,7 @@ def test_class_id_out_of_range_is_one_line_error(dataset_copy, tmp_path):
     assert_one_line_error(result, f"{label}:{bad_line}", "class id 7 is out of range", "valid ids 0-1")
 
 
+@pytest.mark.slow
 def test_missing_data_yaml_and_bad_pretrained_source(dataset_copy, tmp_path):
     result = run_train_script("--data", "no/such/data.yaml", cwd=tmp_path)
     assert_one_line_error(result, "data YAML not found", str(tmp_path / "no/such/data.yaml"))

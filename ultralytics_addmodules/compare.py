@@ -220,6 +220,7 @@ def plot(results: list[ModelResult], path: Path, imgsz: int, with_map: bool) -> 
             ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "--o", color="tab:orange",
                     markerfacecolor="none", markersize=11, label="Pareto front", zorder=2)
             ax.legend(loc="best", fontsize=8)
+        ax.margins(x=0.15, y=0.12)  # room for the labels of the outermost points
         ax.set_xlabel(f"CPU latency (ms, batch 1, {imgsz}x{imgsz})")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
