@@ -200,7 +200,8 @@ def test_unknown_name_lists_close_timm_names():
 @pytest.mark.parametrize("name, strides", [("vit_tiny_patch16_224", r"\[16\]"),
                                            ("efficientvit_m0", r"\[16, 32, 64\]")])
 def test_models_without_the_four_strides_name_what_they_have(name, strides):
-    with pytest.raises(ValueError, match=rf"{name}' has feature maps at strides {strides}.*needs strides \[4, 8, 16, 32\]"):
+    expected = rf"{name}' has feature maps at strides {strides}.*needs strides \[4, 8, 16, 32\]"
+    with pytest.raises(ValueError, match=expected):
         TimmBackbone(3, name)
 
 
