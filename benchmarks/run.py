@@ -64,7 +64,6 @@ def stock_for(name: str) -> str | None:
 
 # --- latency (all models in this process, interleaved) -------------------------------------------------------
 def measure_latency(names: list[str], imgsz: int, threads: int, warmup: int, repeats: int, workdir: Path) -> dict:
-    import numpy as np
     import onnxruntime as ort
     import torch
     from ultralytics import YOLO
@@ -86,8 +85,7 @@ def measure_latency(names: list[str], imgsz: int, threads: int, warmup: int, rep
                 os.chdir(cwd)
             options = ort.SessionOptions()
             options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-            session = ort.InferenceSession(str(workdir / onnx_file) if not os.path.isabs(onnx_file) else onnx_file,
-                                           options, providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(str(workdir / onnx_file), options, providers=["CPUExecutionProvider"])
             feed = {session.get_inputs()[0].name: x.numpy()}
             runners[(name, "pt_ms")] = lambda m=fused: m(x)
             runners[(name, "ort_ms")] = lambda s=session, f=feed: s.run(None, f)
@@ -105,15 +103,12 @@ def measure_latency(names: list[str], imgsz: int, threads: int, warmup: int, rep
                 times[key].append(time.perf_counter() - start)
     for (name, column), values in times.items():
         info[name][column] = 1000 * statistics.median(values)
-    del np
     return info
 
 
 # --- training (one process per model) ------------------------------------------------------------------------
 def train_child(args) -> None:
     """Entry point of the per-model training process: prints one JSON line with its measurements."""
-    import resource
-
     from ultralytics import YOLO
 
     epoch_times, images = [], []
@@ -135,8 +130,25 @@ def train_child(args) -> None:
     yolo.train(data=args.data, epochs=args.epochs, imgsz=args.train_imgsz, batch=args.batch, workers=0,
                device="cpu", plots=False, amp=False, val=False, seed=0, fraction=args.fraction,
                project=args.project, name=re.sub(r"\W", "_", args.child), exist_ok=True, verbose=False)
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    print("BENCH " + json.dumps({"train_img_s": sum(images) / sum(epoch_times), "peak_rss_mb": peak_kib / 1024}))
+    print("BENCH " + json.dumps({"train_img_s": sum(images) / sum(epoch_times), "peak_rss_mb": peak_rss_mb()}))
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process since it started (exec).
+
+    Linux's VmHWM belongs to the process image, so it starts afresh at exec; ``ru_maxrss`` would carry
+    over the parent's peak (the benchmark parent holds every model), hiding the model's own peak.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    import resource
+
+    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB elsewhere
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
 
 
 def measure_training(name: str, args, data: str, project: Path) -> dict:

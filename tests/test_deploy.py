@@ -251,7 +251,8 @@ def _fold_timm_batchnorm_(model: nn.Module) -> nn.Module:
         for (conv_name, conv), (bn_name, bn) in zip(children, children[1:]):
             if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and conv.out_channels == bn.num_features:
                 setattr(parent, conv_name, fuse_conv_and_bn(conv, bn))
-                setattr(parent, bn_name, nn.Sequential(getattr(bn, "drop", nn.Identity()), getattr(bn, "act", nn.Identity())))
+                keep = [getattr(bn, part, nn.Identity()) for part in ("drop", "act")]
+                setattr(parent, bn_name, nn.Sequential(*keep))
     return model
 
 
