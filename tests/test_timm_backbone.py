@@ -291,3 +291,15 @@ def test_bn_folding_only_where_the_bn_reads_the_conv_output():
         assert fold_conv_batchnorm(plain, x) == 1
         assert isinstance(plain[1], nn.Identity)
         torch.testing.assert_close(plain(x), before, rtol=1e-4, atol=1e-5)
+
+
+def test_channels_last_families_are_returned_channels_first():
+    backbone = TimmBackbone(3, "mambaout_femto").eval()  # MambaOut's blocks work in NHWC
+    assert backbone.channels_last_features
+    x = torch.rand(1, 3, 64, 128)
+    with torch.no_grad():
+        features = backbone(x)
+        raw = backbone.features(x)
+    assert [tuple(f.shape[1:]) for f in features] == [
+        (c, 64 // s, 128 // s) for c, s in zip(backbone.out_channels, (4, 8, 16, 32))]
+    assert all(torch.equal(f, r.permute(0, 3, 1, 2)) for f, r in zip(features, raw))
