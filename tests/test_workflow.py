@@ -68,8 +68,6 @@ def test_absolute_data_yaml(tmp_path, monkeypatch):
     assert absolute_data_yaml(str(DATASET / "data.yaml")) == str(DATASET / "data.yaml")
 
 
-@pytest.mark.xfail(strict=True, reason="until patch.py passes data YAMLs through dataset_check.absolute_data_yaml; "
-                   "then this XPASSes (fails as strict) and the marker must go")
 def test_yolo_cli_with_relative_data_yaml_from_repo_root(tmp_path):
     """`yolo train data=dataset/data.yaml` from the repository root finds the bundled dataset."""
     code = (

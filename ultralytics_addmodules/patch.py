@@ -4,7 +4,8 @@
 functions: ``tasks.parse_model`` (our registry-driven parser), ``check_yaml`` (bare names of our shipped
 YAMLs resolve anywhere), ``BaseModel.fuse`` (also folds BatchNorm inside our modules),
 ``initialize_weights`` (backbones keep their reference BatchNorm eps), checkpoint loading (clear errors for
-corrupt files and missing modules instead of an automatic pip install) and the ONNX export
+corrupt files and missing modules instead of an automatic pip install), ``check_det_dataset`` (a relative
+data YAML path resolves next to the YAML) and the ONNX export
 (``Model.export`` keeps 8.3.0's TorchScript-based ONNX exporter on torch versions whose default became
 the dynamo exporter).
 Nothing else in the package knows how Ultralytics is patched.
@@ -26,6 +27,7 @@ from ultralytics.nn import tasks
 from ultralytics.utils import LOGGER, VERBOSE, checks
 
 from . import parser
+from .dataset_check import absolute_data_yaml
 from .model_yamls import find_model_yaml
 from .nn.backbone import Backbone
 from .nn.common import fuse_modules
@@ -232,14 +234,21 @@ def _export(self, **kwargs):
 
 
 def _initialize_weights(model):
-    """Ultralytics sets every BatchNorm's eps to 1e-3. Backbones keep the eps of their reference network,
-    otherwise ImageNet weights would compute different features inside a YOLO model."""
-    backbone_bns = [m for b in model.modules() if isinstance(b, Backbone) for m in b.modules()
-                    if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    eps = [m.eps for m in backbone_bns]
+    """Ultralytics sets every BatchNorm's eps to 1e-3 and makes every activation in-place. Backbones keep
+    their reference eps (otherwise ImageNet weights compute different features inside a YOLO model) and their
+    own in-place flags (some timm blocks apply an activation to a view, which must not be in-place)."""
+    inside = [m for b in model.modules() if isinstance(b, Backbone) for m in b.modules()]
+    saved = [(m, "eps", m.eps) for m in inside if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved += [(m, "inplace", m.inplace) for m in inside if isinstance(getattr(m, "inplace", None), bool)]
     STOCK["initialize_weights"](model)
-    for m, e in zip(backbone_bns, eps):
-        m.eps = e
+    for m, attribute, value in saved:
+        setattr(m, attribute, value)
+
+
+def _check_det_dataset(dataset, *args, **kwargs):
+    """A relative path to a data YAML without ``path:`` means "next to the YAML" (8.3.0 would look under its
+    datasets_dir setting), so ``yolo train data=dataset/data.yaml`` works from the repo root."""
+    return STOCK["check_det_dataset"](absolute_data_yaml(dataset), *args, **kwargs)
 
 
 # Modules a checkpoint of ours may need, and how to get them (instead of Ultralytics' automatic pip install).
@@ -296,6 +305,7 @@ def apply() -> None:
     """Patch Ultralytics (idempotent)."""
     if STOCK:
         return
+    from ultralytics.data import utils as data_utils
     from ultralytics.engine.model import Model
 
     register_builtin_modules()
@@ -307,6 +317,7 @@ def apply() -> None:
         initialize_weights=tasks.initialize_weights,
         check_requirements=tasks.check_requirements,
         torch_safe_load=tasks.torch_safe_load,
+        check_det_dataset=data_utils.check_det_dataset,
     )
     tasks.parse_model = _parse_model
     _rebind_everywhere(STOCK["check_yaml"], _check_yaml, "check_yaml")
@@ -315,6 +326,8 @@ def apply() -> None:
     tasks.initialize_weights = _initialize_weights
     tasks.check_requirements = _check_requirements  # only tasks' own calls (checkpoint loading) go through it
     tasks.torch_safe_load = _torch_safe_load
+    _rebind_everywhere(STOCK["check_det_dataset"], _check_det_dataset, "check_det_dataset")
+    data_utils.check_det_dataset = _check_det_dataset
     if _onnx_export_needs_legacy_default():
         Model.export = _export
     if VERBOSE:
