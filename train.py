@@ -6,6 +6,7 @@ Every setting can also be given on the command line, which wins over the value w
     python train.py --model yolo11n.yaml                   # same data and schedule, stock YOLO11n
     python train.py --data path/to/data.yaml --epochs 100 --imgsz 640 --batch 16
     python train.py --model yolo11n-MobileNetV4.yaml --pretrained mobilenetv4_conv_small.pth
+    python train.py --pretrained mnv4_small.pth --freeze-backbone 5   # head first, then everything
     python train.py --resume                               # continue the latest interrupted run
 
 The defaults are the quick demo of the README: the bundled sample dataset (dataset/), small images and
@@ -35,6 +36,7 @@ WORKERS = 2  # data-loading processes (Ultralytics uses 0 on the CPU)
 PROJECT = None  # folder for the runs; None: Ultralytics' default runs/detect
 NAME = None  # run name inside PROJECT; None: train, train2, ...
 PRETRAINED = None  # ImageNet backbone weights: a timm/torchvision state-dict file, or "timm" (online)
+FREEZE_BACKBONE = 0  # keep the backbone frozen for this many first epochs (useful with PRETRAINED)
 SEED = 0  # same seed, same data order and initial weights
 PLOTS = True  # training plots (results.png, label plots, sample mosaics)
 # ---------------------------------------------------------------------------------------------------
@@ -55,6 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="continue an interrupted run: its weights/last.pt, or nothing for the latest run")
     p.add_argument("--pretrained", default=PRETRAINED, metavar="SOURCE",
                    help="load ImageNet backbone weights before training: a state-dict file, or 'timm'")
+    p.add_argument("--freeze-backbone", type=int, default=FREEZE_BACKBONE, metavar="N",
+                   help=f"freeze the backbone for the first N epochs (default: {FREEZE_BACKBONE})")
     p.add_argument("--seed", type=int, default=SEED, help=f"default: {SEED}")
     p.add_argument("--no-plots", dest="plots", action="store_false", default=PLOTS, help="skip plots")
     return p.parse_args(argv)
@@ -139,6 +143,13 @@ def main(argv: list[str] | None = None) -> None:
         except (ValueError, FileNotFoundError) as e:
             fail(f"--pretrained {args.pretrained}: {e}")
         keep_pretrained_backbones(model)
+    if args.freeze_backbone:
+        from ultralytics_addmodules.training import freeze_backbone
+
+        try:
+            freeze_backbone(model, args.freeze_backbone)
+        except ValueError as e:
+            fail(f"--freeze-backbone: {e}")
 
     model.train(
         data=str(summary.yaml_file),  # absolute: Ultralytics then finds the dataset from any directory

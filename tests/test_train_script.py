@@ -79,6 +79,13 @@ def test_missing_data_yaml_and_bad_pretrained_source(dataset_copy, tmp_path):
     assert_one_line_error(result, "--pretrained", "missing.pth")
 
 
+def test_negative_freeze_backbone_is_one_line_error(dataset_copy, tmp_path):
+    result = run_train_script("--data", str(dataset_copy), "--freeze-backbone", "-2",
+                              "--project", str(tmp_path / "runs"), cwd=tmp_path)
+    assert_one_line_error(result, "--freeze-backbone", "-2")
+    assert not (tmp_path / "runs").exists()  # stopped before any training run was created
+
+
 # --- the dataset check itself (in process, fast) --------------------------------------------------------
 @pytest.mark.parametrize(
     ("line", "message"),
