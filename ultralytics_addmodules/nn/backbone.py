@@ -55,6 +55,21 @@ class Backbone(nn.Module):
         load_pretrained(self, "timm" if pretrained is True else pretrained)
 
 
+class StagedBackbone(Backbone):
+    """A backbone built as ``stem`` followed by four ``stages``; each stage's output is one level P2..P5."""
+
+    stem: nn.Module
+    stages: nn.ModuleList
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.stem(x)
+        features = []
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        return features
+
+
 class SelectFeature(nn.Module):
     """Layer 1-4 of an expanded backbone line: picks one feature map from the backbone's list."""
 

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ..registry import MultiOutputBackbone, register_module
-from .backbone import Backbone
+from .backbone import StagedBackbone
 from .common import ConvBNAct, DropPath, check_positive_number, make_activation, round_channels
 
 TIMM_BN_EPS = 1e-5  # timm's efficientnet_* / efficientnetv2_* (the non-"tf_" models) use PyTorch's default
@@ -260,7 +260,7 @@ def _layout(block: nn.Module) -> tuple[str, bool]:
 # --------------------------------------------------------------------------------------------------------
 # The builder
 # --------------------------------------------------------------------------------------------------------
-class EfficientNet(Backbone):
+class EfficientNet(StagedBackbone):
     """The builder shared by V1 and V2: turns a ``VersionSpec`` into a backbone returning ``[P2, P3, P4, P5]``.
 
     Use the registered subclasses ``EfficientNetV1`` (YAML ``efficient``) and ``EfficientNetV2`` (YAML
@@ -332,14 +332,6 @@ class EfficientNet(Backbone):
     @staticmethod
     def canonical(version: str) -> str:
         return version
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = self.stem(x)
-        features = []
-        for stage in self.stages:
-            x = stage(x)
-            features.append(x)
-        return features
 
     def _blocks(self) -> list[tuple[str, nn.Module]]:
         return [(f"stages.{s}.{i}", block) for s, stage in enumerate(self.stages) for i, block in enumerate(stage)]

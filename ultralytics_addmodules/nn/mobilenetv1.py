@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..registry import MultiOutputBackbone, register_module
-from .backbone import Backbone
+from .backbone import StagedBackbone
 from .common import ConvBNAct, check_positive_number, round_channels
 
 # (output channels at width 1.0, stride of the first block, blocks) per row; the stem is a 3x3/2 conv to 32.
@@ -49,7 +49,7 @@ class DepthwiseSeparable(nn.Module):
         return self.pw(self.dw(x))
 
 
-class MobileNetV1(Backbone):
+class MobileNetV1(StagedBackbone):
     """MobileNetV1 backbone returning ``[P2, P3, P4, P5]`` (strides 4, 8, 16, 32).
 
     Args:
@@ -77,14 +77,6 @@ class MobileNetV1(Backbone):
         self.stages = nn.ModuleList(stages)
         self.out_channels = [stage[-1].pw.conv.out_channels for stage in self.stages]
         self.load_pretrained_if_requested(pretrained)
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = self.stem(x)
-        features = []
-        for stage in self.stages:
-            x = stage(x)
-            features.append(x)
-        return features
 
     def weight_sources(self) -> dict[str, str]:
         return {"timm": TIMM_NAME} if self.width == 1.0 and self.c1 == 3 else {}

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..registry import MultiOutputBackbone, register_module
-from .backbone import Backbone
+from .backbone import StagedBackbone
 from .common import ConvBNAct, Fusable, check_choice, check_positive_number, round_channels
 from .uib import LayerScale2d, UniversalInvertedBottleneck
 
@@ -329,7 +329,7 @@ def _build_block(spec: BlockSpec, c1: int, c2: int, stride: int, act: str, layer
     raise ValueError(f"unknown block kind {spec.kind!r}; valid: conv, fused_ib, uib, mqa")
 
 
-class MobileNetV4(Backbone):
+class MobileNetV4(StagedBackbone):
     """MobileNetV4 backbone returning ``[P2, P3, P4, P5]`` (strides 4, 8, 16, 32).
 
     Args:
@@ -364,14 +364,6 @@ class MobileNetV4(Backbone):
             self.out_channels.append(channels)
         self.stages = nn.ModuleList(stages)
         self.load_pretrained_if_requested(pretrained)
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = self.stem(x)
-        features = []
-        for stage in self.stages:
-            x = stage(x)
-            features.append(x)
-        return features
 
     def weight_sources(self) -> dict[str, str]:
         if self.width == 1.0 and self.c1 == 3:
