@@ -120,10 +120,6 @@ class TimmBackbone(Backbone, Fusable):
         wrapper_fmt = str(getattr(self.features, "output_fmt", "NCHW"))
         self.channels_last_features = "NHWC" in wrapper_fmt and not hasattr(self.features, "out_indices")
         self.fused = False
-        # Ultralytics' initialize_weights() switches every ReLU/SiLU/Hardswish in the model to in-place, which
-        # breaks autograd in timm blocks that activate a view (EfficientViT's split); train()/eval() restore
-        # timm's own choice.
-        self.inplace_flags = {n: m.inplace for n, m in self.features.named_modules() if hasattr(m, "inplace")}
         if not download:
             self.load_pretrained_if_requested(pretrained)
 
@@ -134,17 +130,6 @@ class TimmBackbone(Backbone, Fusable):
         if self.channels_last_features:
             features = [f.permute(0, 3, 1, 2) for f in features]
         return list(features)
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        for name, inplace in getattr(self, "inplace_flags", {}).items():
-            try:
-                module = self.features.get_submodule(name) if name else self.features
-            except AttributeError:  # replaced by fuse()
-                continue
-            if hasattr(module, "inplace") and isinstance(module.inplace, bool):
-                module.inplace = inplace
-        return self
 
     # --- pretrained weights ---------------------------------------------------------------------------
     def weight_sources(self) -> dict[str, str]:
