@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from .cli import new_run_dir
 from .dataset_check import DatasetError, check_dataset
 
 COLUMNS_HELP = {
@@ -228,20 +229,6 @@ def plot(results: list[ModelResult], path: Path, imgsz: int, with_map: bool) -> 
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def new_run_dir(project: Path, name: str | None) -> Path:
-    """``project/name`` (made unique with a suffix), or the next free number ``project/1``, ``project/2``..."""
-    project.mkdir(parents=True, exist_ok=True)
-    if name:
-        candidate, k = project / name, 2
-        while candidate.exists():
-            candidate, k = project / f"{name}{k}", k + 1
-    else:
-        taken = [int(p.name) for p in project.iterdir() if p.is_dir() and p.name.isdigit()]
-        candidate = project / str(max(taken, default=0) + 1)
-    candidate.mkdir()
-    return candidate
 
 
 def write_outputs(results: list[ModelResult], save_dir: Path, imgsz: int, with_map: bool) -> dict[str, Path]:
