@@ -341,6 +341,7 @@ def test_shipped_yaml_builds_trains_and_fuses(yaml_name, cls, args):
 def test_pretrained_file_named_in_yaml_is_loaded(tmp_path):
     from copy import deepcopy
 
+    from helpers import load_requested_weights
     from ultralytics.nn.tasks import DetectionModel, yaml_model_load
 
     ref = torchvision.models.get_model("efficientnet_b0", weights=None)
@@ -352,7 +353,7 @@ def test_pretrained_file_named_in_yaml_is_loaded(tmp_path):
     def build(args):
         cfg = deepcopy(yaml_model_load("yolo11n-EfficientNetV1.yaml"))
         cfg["backbone"][0] = [-1, 1, "efficient", args]
-        return DetectionModel(cfg, verbose=False)
+        return load_requested_weights(DetectionModel(cfg, verbose=False))
 
     model = build(["efficientnet_b0", 1.0, 1.0, str(path)])
     assert torch.equal(model.model[0].stem.conv.weight, ref.features[0][0].weight)

@@ -19,7 +19,7 @@ from ultralytics_addmodules.nn.mobilenetv4 import (
     MobileNetV4HybridLarge,
     MobileNetV4HybridMedium,
 )
-from ultralytics_addmodules.nn.uib import LayerScale2d
+from ultralytics_addmodules.nn.common import LayerScale2d
 from ultralytics_addmodules.registry import MultiOutputBackbone, lookup
 from ultralytics_addmodules.weights import load_pretrained
 
@@ -219,13 +219,22 @@ def test_every_variant_builds_in_the_yaml(variant):
     assert preds.shape == (1, 84, (64 * 96) // 64 + (64 * 96) // 256 + (64 * 96) // 1024)
 
 
+def test_constructor_records_the_weights_source_and_loads_nothing(tmp_path):
+    missing = str(tmp_path / "absent.pt")  # loading it would fail: the constructor must not try
+    assert MobileNetV4ConvSmall(3, 1.0, missing).requested_weights == missing
+    assert MobileNetV4HybridMedium(3, 0.5, True).requested_weights == "timm"
+    assert all(MobileNetV4ConvSmall(3, 0.5, none).requested_weights is None for none in (None, False, "none"))
+
+
 def test_pretrained_file_named_in_yaml_is_loaded(tmp_path):
+    from helpers import load_requested_weights
+
     ref = timm_features("conv_small")
     with torch.no_grad():
         ref.conv_stem.weight.fill_(0.125)
     path = tmp_path / "mnv4s.pt"
     torch.save(ref.state_dict(), path)
-    model = yolo11_with("MobileNetV4ConvSmall", [1.0, str(path)])
+    model = load_requested_weights(yolo11_with("MobileNetV4ConvSmall", [1.0, str(path)]))
     assert torch.equal(model.model[0].stem.conv.weight, ref.conv_stem.weight)
     with pytest.raises(ValueError, match="no published ImageNet weights"):
-        yolo11_with("MobileNetV4ConvSmall", [0.5, str(path)])
+        load_requested_weights(yolo11_with("MobileNetV4ConvSmall", [0.5, str(path)]))

@@ -10,11 +10,12 @@ from copy import deepcopy
 import numpy as np
 import pytest
 import torch
-from helpers import fresh_python, randomize_and_calibrate_, train_one_step
+from helpers import fresh_python, load_requested_weights, randomize_and_calibrate_, train_one_step
 from torch import nn
 
 import ultralytics_addmodules
-from ultralytics_addmodules.nn.timm_backbone import TimmBackbone, fold_conv_batchnorm
+from ultralytics_addmodules.nn.fuse import fold_conv_batchnorm
+from ultralytics_addmodules.nn.timm_backbone import TimmBackbone
 from ultralytics_addmodules.registry import lookup
 
 timm = pytest.importorskip("timm")
@@ -126,7 +127,8 @@ def timm_weights_file(name, tmp_path):
 @pytest.mark.parametrize("name", ["convnext_atto", "mobilenetv3_small_050", "fastvit_t8", "efficientvit_b0"])
 def test_timm_state_dict_reproduces_timms_own_features(name, tmp_path):
     path = timm_weights_file(name, tmp_path)
-    ours = TimmBackbone(3, name, str(path)).eval()
+    ours = TimmBackbone(3, name).eval()
+    ultralytics_addmodules.load_pretrained(ours, path, verbose=False)
     # timm's own loader for local files is the oracle: it loads into the full model, then wraps it.
     reference = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(path)},
                                   features_only=True, out_indices=ours.features.feature_info.out_indices).eval()
@@ -137,12 +139,16 @@ def test_timm_state_dict_reproduces_timms_own_features(name, tmp_path):
             assert (a - b).abs().max() < 1e-4
 
 
-def test_weights_load_from_yaml_and_with_load_pretrained(tmp_path):
+def test_weights_named_in_yaml_load_after_building(tmp_path):
     path = timm_weights_file("convnext_atto", tmp_path)
     expected = torch.load(path)["stem.0.weight"]
-    model = yolo11_with("convnext_atto", str(path))
+    model = load_requested_weights(yolo11_with("convnext_atto", str(path)))
     assert torch.equal(model.model[0].features.stem_0.weight, expected)
 
+
+def test_weights_load_with_load_pretrained(tmp_path):
+    path = timm_weights_file("convnext_atto", tmp_path)
+    expected = torch.load(path)["stem.0.weight"]
     fresh = yolo11_with("convnext_atto")
     assert not torch.equal(fresh.model[0].features.stem_0.weight, expected)
     reports = ultralytics_addmodules.load_pretrained(fresh, path, verbose=False)
@@ -162,7 +168,7 @@ def test_weights_of_another_model_are_rejected_and_nothing_loads(tmp_path):
     path = tmp_path / "resnet.pth"
     torch.save(timm.create_model("resnet18").state_dict(), path)
     with pytest.raises(ValueError, match=r"missing features\.stem_0\.weight"):
-        TimmBackbone(3, "convnext_atto", str(path))
+        ultralytics_addmodules.load_pretrained(TimmBackbone(3, "convnext_atto"), path, verbose=False)
 
 
 def test_convert_state_dict_drops_head_and_accepts_saved_backbones():
@@ -175,8 +181,8 @@ def test_convert_state_dict_drops_head_and_accepts_saved_backbones():
         backbone.convert_state_dict(full, "torchvision")
 
 
-@pytest.mark.parametrize("pretrained", [True, "timm"])
-def test_pretrained_timm_asks_timm_to_download(monkeypatch, pretrained):
+@pytest.mark.parametrize("pretrained", [True, "timm", "missing.pth"])
+def test_constructor_records_the_weights_source_and_loads_nothing(monkeypatch, pretrained):
     calls = []
     real = timm.create_model
 
@@ -185,8 +191,11 @@ def test_pretrained_timm_asks_timm_to_download(monkeypatch, pretrained):
         return real(name, pretrained=False, **kwargs)  # never touch the network in tests
 
     monkeypatch.setattr(timm, "create_model", recording)
-    backbone = TimmBackbone(3, "resnet18", pretrained)
-    assert calls[-1] is True and backbone.weight_sources() == {"timm": "resnet18"}
+    backbone = TimmBackbone(3, "resnet18", pretrained)  # a missing file is no error yet: nothing is read
+    assert calls and not any(calls)  # timm was never asked for weights: weights.py loads after building
+    assert backbone.requested_weights == ("timm" if pretrained is True else pretrained)
+    assert backbone.weight_sources() == {"timm": "resnet18"}
+    assert TimmBackbone(3, "resnet18").requested_weights is None
 
 
 def test_unknown_name_lists_close_timm_names():

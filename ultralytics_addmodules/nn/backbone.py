@@ -1,9 +1,11 @@
 """The multi-output backbone contract shared by every family.
 
 A backbone is one YAML line. Its constructor is ``Cls(c1, *yaml_args)`` where the last optional YAML
-argument may be a pretrained-weights source; ``forward`` returns ``[P2, P3, P4, P5]`` (strides 4, 8, 16,
-32) and ``out_channels`` lists their channels. The parser (registry rule ``MultiOutputBackbone``) expands
-the line into layer 0 (this module) and layers 1-4 (``SelectFeature`` picking P2..P5).
+argument may be a pretrained-weights source, which the constructor only records as ``requested_weights``
+(``ultralytics_addmodules.weights`` loads it once the whole model is built). ``forward`` returns
+``[P2, P3, P4, P5]`` (strides 4, 8, 16, 32) and ``out_channels`` lists their channels. The parser (registry
+rule ``MultiOutputBackbone``) expands the line into layer 0 (this module) and layers 1-4 (``SelectFeature``
+picking P2..P5).
 """
 
 from __future__ import annotations
@@ -14,18 +16,24 @@ import torch
 from torch import nn
 
 FEATURE_STRIDES = (4, 8, 16, 32)
+NO_WEIGHTS = (None, False, "", "none", "None")  # what a YAML line may write for "no pretrained weights"
 
 
 class Backbone(nn.Module):
     """Base class of multi-output backbones.
 
     Subclasses set ``self.out_channels`` (four ints) and implement ``forward`` returning four tensors.
-    For ImageNet weights they implement ``weight_sources`` and ``convert_state_dict``; call
-    ``self.load_pretrained_if_requested(pretrained)`` at the end of ``__init__``.
+    For ImageNet weights they implement ``weight_sources`` and ``convert_state_dict``, and pass the YAML's
+    weights argument to ``request_weights`` (constructors never load weights themselves).
     """
 
     out_channels: list[int]
     strides = FEATURE_STRIDES
+    requested_weights = None  # the weights source written in the YAML line ("timm", a file path), if any
+
+    def request_weights(self, pretrained) -> None:
+        """Record the YAML line's weights source as ``requested_weights`` (None for none, True means "timm")."""
+        self.requested_weights = None if pretrained in NO_WEIGHTS else "timm" if pretrained is True else pretrained
 
     def weight_sources(self) -> dict[str, str]:
         """Published weights of exactly this architecture, e.g. ``{"timm": "efficientnet_b0"}``.
@@ -45,29 +53,6 @@ class Backbone(nn.Module):
         out; ``load_pretrained`` reports every backbone tensor that ends up missing or mis-shaped.
         """
         raise NotImplementedError(f"{type(self).__name__} has no weight mapping for {source!r}")
-
-    def load_pretrained_if_requested(self, pretrained) -> None:
-        """Load weights when a YAML line carried a source (``[1.0, timm]`` or a file path)."""
-        if pretrained in (None, False, "", "none", "None"):
-            return
-        from ..weights import load_pretrained  # late import: weights imports this module
-
-        load_pretrained(self, "timm" if pretrained is True else pretrained)
-
-
-class StagedBackbone(Backbone):
-    """A backbone built as ``stem`` followed by four ``stages``; each stage's output is one level P2..P5."""
-
-    stem: nn.Module
-    stages: nn.ModuleList
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = self.stem(x)
-        features = []
-        for stage in self.stages:
-            x = stage(x)
-            features.append(x)
-        return features
 
 
 class SelectFeature(nn.Module):

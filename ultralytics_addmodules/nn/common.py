@@ -1,5 +1,5 @@
 """Building blocks shared by the backbone families: conv-BN-activation that folds for inference,
-drop path, argument checks and channel rounding."""
+layer scale, drop path, argument checks and channel rounding."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from typing import Iterable, Sequence
 
 import torch
 from torch import nn
+
+from .fuse import Fusable, fold_batchnorm, fuse_modules  # noqa: F401  (fuse_modules: re-exported)
 
 ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -64,44 +66,13 @@ def check_choice(value, choices: Iterable[str], what: str) -> str:
     return value
 
 
-class Fusable:
-    """Marker for modules that can fold their normalisation into convolutions for inference.
-
-    ``fuse_modules`` calls ``fuse()`` on every such submodule; the patched ``model.fuse()`` uses it.
-    """
-
-    def fuse(self) -> None:  # pragma: no cover - interface
-        raise NotImplementedError
-
-
-def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
-    """A new conv whose output equals ``bn(conv(x))`` in eval mode."""
-    fused = nn.Conv2d(
-        conv.in_channels,
-        conv.out_channels,
-        conv.kernel_size,
-        conv.stride,
-        conv.padding,
-        conv.dilation,
-        conv.groups,
-        bias=True,
-        padding_mode=conv.padding_mode,
-    ).to(device=conv.weight.device)
-    with torch.no_grad():
-        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-        fused.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
-        conv_bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-        fused.bias.copy_(bn.bias + (conv_bias - bn.running_mean) * scale)
-    fused.weight.requires_grad_(False)
-    fused.bias.requires_grad_(False)
-    return fused.to(dtype=conv.weight.dtype)
-
-
 class ConvBNAct(nn.Module, Fusable):
     """Conv2d (no bias) -> BatchNorm2d -> activation; ``fuse()`` folds the BN into the conv.
 
     Padding defaults to ``dilation * (kernel - 1) // 2`` ("same" for stride 1, as the reference models use).
     """
+
+    builder_options = ("act", "bn_eps")  # family-wide arguments the stage builder passes (builder.py)
 
     def __init__(
         self,
@@ -129,16 +100,6 @@ class ConvBNAct(nn.Module, Fusable):
             self.bn = nn.Identity()
 
 
-def fuse_modules(root: nn.Module) -> int:
-    """Fold every ``Fusable`` submodule of ``root`` in place; returns how many were fused."""
-    count = 0
-    for m in list(root.modules()):
-        if isinstance(m, Fusable):
-            m.fuse()
-            count += 1
-    return count
-
-
 class DropPath(nn.Module):
     """Stochastic depth: randomly drops the whole residual branch per sample while training."""
 
@@ -157,3 +118,30 @@ class DropPath(nn.Module):
 
     def extra_repr(self) -> str:
         return f"drop_prob={self.drop_prob}"
+
+
+class LayerScale2d(nn.Module):
+    """Learnable per-channel scale of a residual branch (NCHW), initialised small so the block starts
+    close to identity; MobileNetV4's hybrid models use it on every UIB and attention block."""
+
+    def __init__(self, channels: int, init_value: float = 1e-5):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((channels,), float(init_value)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma.view(1, -1, 1, 1)
+
+    @torch.no_grad()
+    def fold_into(self, layer: nn.Module) -> None:
+        """Multiply the output channels of ``layer`` (a Conv2d, or a ConvBNAct without activation) by gamma,
+        so that this scale can be dropped at inference. ``layer`` must feed this scale directly."""
+        gamma = self.gamma.detach()
+        if isinstance(layer, ConvBNAct):
+            if not isinstance(layer.act, nn.Identity):
+                raise ValueError(f"cannot fold a layer scale through activation {layer.act!r}; valid: no activation")
+            layer = layer.bn if isinstance(layer.bn, nn.BatchNorm2d) else layer.conv  # BN is affine: scale it
+        if not isinstance(layer, (nn.Conv2d, nn.BatchNorm2d)):
+            raise ValueError(f"cannot fold a layer scale into {type(layer).__name__}; valid: Conv2d, ConvBNAct")
+        layer.weight.mul_(gamma.view(-1, *([1] * (layer.weight.ndim - 1))))
+        if layer.bias is not None:
+            layer.bias.mul_(gamma)

@@ -19,16 +19,15 @@ has the same network (``efficientnet_b0`` ... ``_b7``, ``efficientnet_v2_s/m/l``
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Hashable, Mapping
 
 import torch
 from torch import nn
 
 from ..registry import MultiOutputBackbone, register_module
-from .backbone import StagedBackbone
+from .builder import BlockSpec, KeyLayout, StagedBackbone, timm_layout
 from .common import ConvBNAct, DropPath, check_positive_number, make_activation, round_channels
 
 TIMM_BN_EPS = 1e-5  # timm's efficientnet_* / efficientnetv2_* (the non-"tf_" models) use PyTorch's default
@@ -57,6 +56,8 @@ class MBConv(nn.Module):
     ``se_ratio`` is relative to the block's input channels (as in the paper: 0.25 of ``c1``). With
     ``expand_ratio`` 1 there is no expansion conv (EfficientNet's first stage).
     """
+
+    builder_options = ("act", "drop_path", "bn_eps")
 
     def __init__(
         self,
@@ -91,6 +92,8 @@ class FusedMBConv(nn.Module):
     With ``expand_ratio`` 1 the kxk conv outputs ``c2`` directly and there is no projection.
     """
 
+    builder_options = ("act", "drop_path", "bn_eps")
+
     def __init__(
         self,
         c1: int,
@@ -121,25 +124,14 @@ class FusedMBConv(nn.Module):
 # --------------------------------------------------------------------------------------------------------
 # Architecture tables
 # --------------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class StageSpec:
-    """``repeats`` blocks of one kind at width/depth 1.0; only the first block gets ``stride``."""
-
-    block: str  # "mbconv" or "fused"
-    repeats: int
-    kernel: int
-    stride: int
-    expand: float
-    channels: int
-    se: float = 0.0  # squeeze-excite ratio, relative to the block input (mbconv only)
+def mbconv(r: int, k: int, s: int, e: float, c: int, se: float = 0.25) -> BlockSpec:
+    """``r`` MBConv blocks, kernel ``k``, stride ``s``, expansion ``e``, ``c`` channels, squeeze-excite ``se``."""
+    return BlockSpec(MBConv, c, s, r, {"kernel": k, "expand_ratio": e, "se_ratio": se})
 
 
-def mbconv(r: int, k: int, s: int, e: float, c: int, se: float = 0.25) -> StageSpec:
-    return StageSpec("mbconv", r, k, s, e, c, se)
-
-
-def fused(r: int, k: int, s: int, e: float, c: int) -> StageSpec:
-    return StageSpec("fused", r, k, s, e, c)
+def fused(r: int, k: int, s: int, e: float, c: int) -> BlockSpec:
+    """``r`` Fused-MBConv blocks, kernel ``k``, stride ``s``, expansion ``e``, ``c`` channels."""
+    return BlockSpec(FusedMBConv, c, s, r, {"kernel": k, "expand_ratio": e})
 
 
 @dataclass(frozen=True)
@@ -148,7 +140,7 @@ class VersionSpec:
     reference models with exactly this architecture (torchvision's BatchNorm eps differs by model)."""
 
     stem: int
-    stages: tuple[StageSpec, ...]
+    stages: tuple[BlockSpec, ...]
     width: float
     depth: float
     timm_name: str
@@ -224,44 +216,53 @@ EFFICIENTNET_V2: dict[str, VersionSpec] = {
 
 ACTIVATION = "silu"
 
-# timm's sub-module names per block layout -> ours. timm has a separate class per layout: DepthwiseSeparableConv
-# (MBConv without expansion), InvertedResidual (MBConv), ConvBnAct and EdgeResidual (Fused-MBConv 1 / >1).
+# Block layouts: (block class, has an expansion/projection pair); timm has a separate class per layout:
+# DepthwiseSeparableConv (MBConv without expansion), InvertedResidual (MBConv), ConvBnAct and EdgeResidual
+# (Fused-MBConv with expansion 1 / > 1). Their sub-module names -> ours:
 _SE_KEYS = {"se.conv_reduce": "se.reduce", "se.conv_expand": "se.expand"}
-TIMM_BLOCK_KEYS = {
-    ("mbconv", False): {
-        "conv_dw": "dw.conv", "bn1": "dw.bn", "conv_pw": "project.conv", "bn2": "project.bn", **_SE_KEYS,
-    },
-    ("mbconv", True): {
+TIMM_KEYS = timm_layout({
+    (MBConv, False): {"conv_dw": "dw.conv", "bn1": "dw.bn", "conv_pw": "project.conv", "bn2": "project.bn", **_SE_KEYS},
+    (MBConv, True): {
         "conv_pw": "expand.conv", "bn1": "expand.bn", "conv_dw": "dw.conv", "bn2": "dw.bn",
         "conv_pwl": "project.conv", "bn3": "project.bn", **_SE_KEYS,
     },
-    ("fused", False): {"conv": "expand.conv", "bn1": "expand.bn"},
-    ("fused", True): {"conv_exp": "expand.conv", "bn1": "expand.bn", "conv_pwl": "project.conv", "bn2": "project.bn"},
-}
-TIMM_STEM_KEYS = {"conv_stem": "stem.conv", "bn1": "stem.bn"}
-# torchvision keeps each block's layers in a Sequential `block`; these are their names in order.
-TORCHVISION_BLOCK_PARTS = {
-    ("mbconv", False): ("dw", "se", "project"),
-    ("mbconv", True): ("expand", "dw", "se", "project"),
-    ("fused", False): ("expand",),
-    ("fused", True): ("expand", "project"),
-}
-# inside a part: Conv2dNormActivation is (conv, norm, act) by index; SqueezeExcitation has fc1/fc2.
-TORCHVISION_LAYER_KEYS = {"0": "conv", "1": "bn", "fc1": "reduce", "fc2": "expand"}
+    (FusedMBConv, False): {"conv": "expand.conv", "bn1": "expand.bn"},
+    (FusedMBConv, True): {
+        "conv_exp": "expand.conv", "bn1": "expand.bn", "conv_pwl": "project.conv", "bn2": "project.bn",
+    },
+})
 
 
-def _layout(block: nn.Module) -> tuple[str, bool]:
-    """(block kind, has an expansion/projection pair) - selects the key tables above."""
-    if isinstance(block, MBConv):
-        return "mbconv", not isinstance(block.expand, nn.Identity)
-    return "fused", not isinstance(block.project, nn.Identity)
+def _torchvision_keys(*parts: str) -> dict[str, str]:
+    """torchvision keeps a block's layers in a Sequential ``block`` (these are their names in order); inside a
+    part, Conv2dNormActivation is (conv, norm, act) by index and SqueezeExcitation has fc1/fc2."""
+    table = {}
+    for i, part in enumerate(parts):
+        inner = {"fc1": "reduce", "fc2": "expand"} if part == "se" else {"0": "conv", "1": "bn"}
+        table.update({f"block.{i}.{theirs}": f"{part}.{ours}" for theirs, ours in inner.items()})
+    return table
+
+
+# torchvision: the stem is features.0, block i of stage s is features.<s>.<i>; the last 1x1 conv
+# (features.<last>.0/1, without `block`) and the classifier match neither and are dropped.
+TORCHVISION_KEYS = KeyLayout(
+    re.compile(r"^features\.(\d+)\.(\d+)\.(block\..+)$"),
+    {"features.0.0": "stem.conv", "features.0.1": "stem.bn"},
+    {
+        (MBConv, False): _torchvision_keys("dw", "se", "project"),
+        (MBConv, True): _torchvision_keys("expand", "dw", "se", "project"),
+        (FusedMBConv, False): _torchvision_keys("expand"),
+        (FusedMBConv, True): _torchvision_keys("expand", "project"),
+    },
+)
 
 
 # --------------------------------------------------------------------------------------------------------
-# The builder
+# The backbone
 # --------------------------------------------------------------------------------------------------------
 class EfficientNet(StagedBackbone):
-    """The builder shared by V1 and V2: turns a ``VersionSpec`` into a backbone returning ``[P2, P3, P4, P5]``.
+    """V1 and V2 share everything but their version tables: a ``VersionSpec`` turned into a backbone returning
+    ``[P2, P3, P4, P5]``.
 
     Use the registered subclasses ``EfficientNetV1`` (YAML ``efficient``) and ``EfficientNetV2`` (YAML
     ``efficientnet_v2``); they only differ in their version table and spelling of version names.
@@ -269,6 +270,8 @@ class EfficientNet(StagedBackbone):
 
     versions: dict[str, VersionSpec] = {}
     family = "EfficientNet"
+    key_layouts = {"timm": TIMM_KEYS, "torchvision": TORCHVISION_KEYS}
+    scaling = ("width", "depth")
 
     def __init__(
         self,
@@ -287,36 +290,13 @@ class EfficientNet(StagedBackbone):
         self.depth = check_positive_number(depth, f"{self.family} depth", examples=(0.33, 0.5, 0.67, 1.0, 1.33))
         if not 0.0 <= drop_path_rate < 1.0:
             raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate!r}; valid: e.g. 0.0, 0.1, 0.2")
-        self.c1 = c1
         spec = self.versions[self.version]
         # The YAML's multipliers act on top of the version's compound-scaling coefficients.
         channel_mult = spec.width * self.width
-        depth_mult = spec.depth * self.depth
-
-        channels = round_channels(spec.stem * channel_mult)
-        self.stem = ConvBNAct(c1, channels, 3, 2, act=ACTIVATION, bn_eps=bn_eps)
-        repeats = [int(math.ceil(stage.repeats * depth_mult)) for stage in spec.stages]
-        total, index, stride = sum(repeats), 0, 2
-        levels: list[list[nn.Module]] = [[], [], [], []]  # blocks ending at strides 4, 8, 16, 32
-        self.out_channels = [0, 0, 0, 0]
-        for stage, n in zip(spec.stages, repeats):
-            c2 = round_channels(stage.channels * channel_mult)
-            for i in range(n):
-                s = stage.stride if i == 0 else 1
-                stride *= s
-                # Stochastic depth grows linearly with the block index (0 for the first block).
-                rate = drop_path_rate * index / total
-                if stage.block == "mbconv":
-                    block = MBConv(channels, c2, stage.kernel, s, stage.expand, stage.se, ACTIVATION, rate, bn_eps)
-                else:
-                    block = FusedMBConv(channels, c2, stage.kernel, s, stage.expand, ACTIVATION, rate, bn_eps)
-                # Blocks at stride 2 (before the first downsampling block) belong to the P2 stage.
-                level = max(0, int(math.log2(stride)) - 2)
-                levels[level].append(block)
-                self.out_channels[level] = c2
-                channels, index = c2, index + 1
-        self.stages = nn.ModuleList(nn.Sequential(*blocks) for blocks in levels)
-        self.load_pretrained_if_requested(pretrained)
+        self.build(c1, round_channels(spec.stem * channel_mult), spec.stages, width=channel_mult,
+                   depth=spec.depth * self.depth, options={"act": ACTIVATION, "bn_eps": bn_eps},
+                   drop_path_rate=drop_path_rate)
+        self.request_weights(pretrained)
 
     @classmethod
     def check_version(cls, version) -> str:
@@ -333,90 +313,31 @@ class EfficientNet(StagedBackbone):
     def canonical(version: str) -> str:
         return version
 
-    def _blocks(self) -> list[tuple[str, nn.Module]]:
-        return [(f"stages.{s}.{i}", block) for s, stage in enumerate(self.stages) for i, block in enumerate(stage)]
-
-    def weight_sources(self) -> dict[str, str]:
-        if self.width != 1.0 or self.depth != 1.0 or self.c1 != 3:
-            return {}
+    @property
+    def references(self) -> dict[str, str]:
         spec = self.versions[self.version]
-        sources = {"timm": spec.timm_name}
-        if spec.torchvision_name:
-            sources["torchvision"] = spec.torchvision_name
-        return sources
+        return {"timm": spec.timm_name, **({"torchvision": spec.torchvision_name} if spec.torchvision_name else {})}
 
-    def weight_hint(self) -> str:
-        spec = self.versions[self.version]
-        names = f"timm {spec.timm_name}" + (f", torchvision {spec.torchvision_name}" if spec.torchvision_name else "")
-        return f"width 1.0, depth 1.0 and 3 input channels ({names})"
+    def block_kind(self, block: nn.Module) -> Hashable:
+        """(class, has an expansion/projection pair): the reference implementations name the layers by it."""
+        if isinstance(block, MBConv):
+            return MBConv, not isinstance(block.expand, nn.Identity)
+        return FusedMBConv, not isinstance(block.project, nn.Identity)
 
     def convert_state_dict(self, state_dict: Mapping[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
         """Rename a timm or torchvision state dict (full model or ``features_only``) to our keys.
 
-        Both list the same blocks in the same order as ours (timm: ``blocks.<stage>.<i>``, torchvision:
-        ``features.<stage>.<i>``), so the n-th block maps to our n-th block; the classifier head is dropped.
         BatchNorm eps is not stored in a state dict: where the source network used another eps than this
         module (torchvision V2 and B5-B7: 1e-3), the difference is added to ``running_var``, so that
         ``var + eps`` and hence the eval-mode output is the source's.
         """
-        spec = self.versions[self.version]
-        if source == "timm":
-            converted = self._convert_timm(state_dict)
-            source_eps = TIMM_BN_EPS
-        elif source == "torchvision":
-            converted = self._convert_torchvision(state_dict)
-            source_eps = spec.torchvision_bn_eps
-        else:
-            return super().convert_state_dict(state_dict, source)
+        converted = super().convert_state_dict(state_dict, source)
+        source_eps = self.versions[self.version].torchvision_bn_eps if source == "torchvision" else TIMM_BN_EPS
         our_eps = {name: m.eps for name, m in self.named_modules() if isinstance(m, nn.BatchNorm2d)}
         for key, tensor in converted.items():
             module, _, param = key.rpartition(".")
             if param == "running_var" and module in our_eps and our_eps[module] != source_eps:
                 converted[key] = tensor + (source_eps - our_eps[module])
-        return converted
-
-    def _check_block_count(self, found: int, source: str, name: str | None) -> None:
-        ours = len(self._blocks())
-        if found != ours:
-            raise ValueError(
-                f"the {source} state dict has {found} blocks but {type(self).__name__}({self.version!r}, "
-                f"width={self.width}, depth={self.depth}) has {ours}; valid: a state dict of {source} {name}"
-            )
-
-    def _convert_timm(self, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        block_key = re.compile(r"^blocks\.(\d+)\.(\d+)\.(.+)\.([^.]+)$")
-        theirs = sorted({(int(m[1]), int(m[2])) for m in map(block_key.match, state_dict) if m})
-        self._check_block_count(len(theirs), "timm", self.versions[self.version].timm_name)
-        ours = dict(zip(theirs, self._blocks()))
-        converted = {}
-        for key, tensor in state_dict.items():
-            head, _, rest = key.partition(".")
-            if head in TIMM_STEM_KEYS:
-                converted[f"{TIMM_STEM_KEYS[head]}.{rest}"] = tensor
-            elif m := block_key.match(key):
-                prefix, block = ours[int(m[1]), int(m[2])]
-                table = TIMM_BLOCK_KEYS[_layout(block)]
-                if m[3] in table:  # unknown sub-modules stay unmapped and are reported by load_pretrained
-                    converted[f"{prefix}.{table[m[3]]}.{m[4]}"] = tensor
-        return converted
-
-    def _convert_torchvision(self, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        stem_key = re.compile(r"^features\.0\.([01])\.(.+)$")
-        block_key = re.compile(r"^features\.(\d+)\.(\d+)\.block\.(\d+)\.([^.]+)\.(.+)$")
-        theirs = sorted({(int(m[1]), int(m[2])) for m in map(block_key.match, state_dict) if m})
-        self._check_block_count(len(theirs), "torchvision", self.versions[self.version].torchvision_name)
-        ours = dict(zip(theirs, self._blocks()))
-        converted = {}
-        for key, tensor in state_dict.items():
-            if m := stem_key.match(key):
-                converted[f"stem.{TORCHVISION_LAYER_KEYS[m[1]]}.{m[2]}"] = tensor
-            elif m := block_key.match(key):
-                prefix, block = ours[int(m[1]), int(m[2])]
-                parts = TORCHVISION_BLOCK_PARTS[_layout(block)]
-                part, layer = int(m[3]), TORCHVISION_LAYER_KEYS.get(m[4])
-                if part < len(parts) and layer is not None:
-                    converted[f"{prefix}.{parts[part]}.{layer}.{m[5]}"] = tensor
-            # the last 1x1 conv (features.<last>.0/1 without `block`) and the classifier are dropped
         return converted
 
 

@@ -13,7 +13,6 @@ timm is an optional dependency (``pip install ultralytics-addmodules[timm]``) an
 from __future__ import annotations
 
 import difflib
-import logging
 from typing import Mapping
 
 import torch
@@ -21,12 +20,9 @@ from torch import nn
 
 from ..registry import MultiOutputBackbone, register_module
 from .backbone import FEATURE_STRIDES, Backbone
-from .common import Fusable
+from .fuse import Fusable, fold_conv_batchnorm
 
-LOGGER = logging.getLogger("ultralytics")
 INSTALL_HINT = "pip install ultralytics-addmodules[timm]"
-# A fused model must compute what the unfused one did; BN folding changes rounding only.
-FUSE_TOLERANCE = 1e-3
 
 
 def import_timm():
@@ -97,9 +93,10 @@ class TimmBackbone(Backbone, Fusable):
         c1: input channels (passed to timm as ``in_chans``).
         model_name: any timm model name (``timm.list_models()``), optionally with a pretrained tag such as
             ``convnext_atto.d2_in1k``. It must have feature maps at strides 4, 8, 16 and 32.
-        pretrained: False (random init); True or "timm" to let timm download its ImageNet weights (needs
+        pretrained: False (random init); True or "timm" for timm's ImageNet weights (timm downloads them; needs
             network access); or the path of a timm state-dict file (``torch.save(timm_model.state_dict())``,
-            classifier keys may be present and are dropped).
+            classifier keys may be present and are dropped). Recorded as ``requested_weights``;
+            ``ultralytics_addmodules.weights`` loads it once the model is built.
     """
 
     def __init__(self, c1: int = 3, model_name: str = "convnext_atto", pretrained=False):
@@ -108,8 +105,7 @@ class TimmBackbone(Backbone, Fusable):
         self.model_name = check_model_name(timm, model_name)
         info = reference_feature_info(timm, model_name, c1)
         out_indices = choose_out_indices(model_name, info)
-        download = pretrained is True or pretrained == "timm"
-        self.features = timm.create_model(model_name, pretrained=download, features_only=True,
+        self.features = timm.create_model(model_name, pretrained=False, features_only=True,
                                           out_indices=out_indices, in_chans=c1)
         built = self.features.feature_info
         if list(built.reduction()) != list(FEATURE_STRIDES):  # timm's wrapper should honour out_indices
@@ -120,8 +116,7 @@ class TimmBackbone(Backbone, Fusable):
         wrapper_fmt = str(getattr(self.features, "output_fmt", "NCHW"))
         self.channels_last_features = "NHWC" in wrapper_fmt and not hasattr(self.features, "out_indices")
         self.fused = False
-        if not download:
-            self.load_pretrained_if_requested(pretrained)
+        self.request_weights(pretrained)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         features = self.features(x)
@@ -188,92 +183,6 @@ class TimmBackbone(Backbone, Fusable):
 
     def extra_repr(self) -> str:
         return f"model_name={self.model_name!r}, out_channels={self.out_channels}"
-
-
-def _conv_bn_pairs(root: nn.Module, x: torch.Tensor) -> list[tuple[str, str]]:
-    """Names of (Conv2d, BatchNorm2d) pairs where the BN consumes the conv's output tensor directly,
-    found by running ``root`` once with hooks (module order in the source says nothing about data flow)."""
-    names = {m: n for n, m in root.named_modules()}
-    conv_outputs: dict[int, tuple[torch.Tensor, int, nn.Module]] = {}
-    calls: dict[nn.Module, int] = {}
-    pairs: list[tuple[nn.Module, nn.Module]] = []
-
-    def after_conv(module, _inputs, output):
-        calls[module] = calls.get(module, 0) + 1
-        # Keep the tensor alive so its id stays unique; its version counter exposes later in-place edits
-        # (conv -> ReLU(inplace) -> BN hands the BN the same tensor object, but not the conv's values).
-        conv_outputs[id(output)] = (output, output._version, module)
-
-    def before_bn(module, inputs):
-        calls[module] = calls.get(module, 0) + 1
-        producer = conv_outputs.get(id(inputs[0]))
-        if producer is not None and producer[0] is inputs[0] and producer[1] == inputs[0]._version:
-            pairs.append((producer[2], module))
-
-    handles = []
-    for m in root.modules():
-        if type(m) is nn.Conv2d:
-            handles.append(m.register_forward_hook(after_conv))
-        elif isinstance(m, nn.BatchNorm2d) and m.affine and m.track_running_stats:
-            handles.append(m.register_forward_pre_hook(before_bn))
-    try:
-        with torch.no_grad():
-            root(x)
-    finally:
-        for h in handles:
-            h.remove()
-    # A conv or BN run more than once (shared weights), or a conv feeding two BNs, cannot be folded.
-    conv_uses = {}
-    for conv, _ in pairs:
-        conv_uses[conv] = conv_uses.get(conv, 0) + 1
-    return [(names[c], names[b]) for c, b in pairs if calls[c] == 1 and calls[b] == 1 and conv_uses[c] == 1]
-
-
-def _bn_replacement(bn: nn.BatchNorm2d) -> nn.Module:
-    """What is left of a BN layer once its affine transform lives in the conv: timm's BatchNormAct2d also
-    applies dropout and an activation, which must stay."""
-    extras = [m for m in (getattr(bn, "drop", None), getattr(bn, "act", None)) if isinstance(m, nn.Module)]
-    return nn.Sequential(*extras) if extras else nn.Identity()
-
-
-def fold_conv_batchnorm(root: nn.Module, x: torch.Tensor) -> int:
-    """Fold each BatchNorm2d that directly follows a Conv2d into that conv (eval mode); returns how many.
-
-    Verified on ``x``: if the outputs moved by more than ``FUSE_TOLERANCE`` (some data flow the hooks
-    could not see), every fold is undone and a warning is logged.
-    """
-    from .common import fold_batchnorm
-
-    with torch.no_grad():
-        before = root(x)
-    pairs = _conv_bn_pairs(root, x)
-    originals = []
-    for conv_name, bn_name in pairs:
-        conv, bn = root.get_submodule(conv_name), root.get_submodule(bn_name)
-        originals.append((conv_name, conv, bn_name, bn))
-        _set_submodule(root, conv_name, fold_batchnorm(conv, bn))
-        _set_submodule(root, bn_name, _bn_replacement(bn))
-    with torch.no_grad():
-        after = root(x)
-    def flat(out) -> list[torch.Tensor]:
-        if isinstance(out, torch.Tensor):
-            return [out]
-        return list(out.values()) if isinstance(out, Mapping) else list(out)
-
-    error = max(((a.float() - b.float()).abs().max().item() for a, b in zip(flat(after), flat(before))), default=0.0)
-    scale = max((b.float().abs().max().item() for b in flat(before)), default=1.0)
-    if error > FUSE_TOLERANCE * max(1.0, scale):
-        for conv_name, conv, bn_name, bn in originals:
-            _set_submodule(root, conv_name, conv)
-            _set_submodule(root, bn_name, bn)
-        LOGGER.warning(f"TimmBackbone: folding BatchNorm changed the outputs by {error:.2g}; left unfolded")
-        return 0
-    return len(pairs)
-
-
-def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(root.get_submodule(parent_name) if parent_name else root, child, module)
 
 
 register_module(TimmBackbone, MultiOutputBackbone())

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..registry import ScaledOutput, register_module
-from .common import ConvBNAct, Fusable, round_channels
+from .common import ConvBNAct, Fusable, LayerScale2d, round_channels  # LayerScale2d: re-exported (checkpoints)
 
 UIB_FORMS = {
     (False, True): "IB",
@@ -31,33 +31,6 @@ UIB_FORMS = {
     (False, False): "FFN",
     (True, True): "ExtraDW",
 }
-
-
-class LayerScale2d(nn.Module):
-    """Learnable per-channel scale of a residual branch (NCHW), initialised small so the block starts
-    close to identity; MobileNetV4's hybrid models use it on every UIB and attention block."""
-
-    def __init__(self, channels: int, init_value: float = 1e-5):
-        super().__init__()
-        self.gamma = nn.Parameter(torch.full((channels,), float(init_value)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.gamma.view(1, -1, 1, 1)
-
-    @torch.no_grad()
-    def fold_into(self, layer: nn.Module) -> None:
-        """Multiply the output channels of ``layer`` (a Conv2d, or a ConvBNAct without activation) by gamma,
-        so that this scale can be dropped at inference. ``layer`` must feed this scale directly."""
-        gamma = self.gamma.detach()
-        if isinstance(layer, ConvBNAct):
-            if not isinstance(layer.act, nn.Identity):
-                raise ValueError(f"cannot fold a layer scale through activation {layer.act!r}; valid: no activation")
-            layer = layer.bn if isinstance(layer.bn, nn.BatchNorm2d) else layer.conv  # BN is affine: scale it
-        if not isinstance(layer, (nn.Conv2d, nn.BatchNorm2d)):
-            raise ValueError(f"cannot fold a layer scale into {type(layer).__name__}; valid: Conv2d, ConvBNAct")
-        layer.weight.mul_(gamma.view(-1, *([1] * (layer.weight.ndim - 1))))
-        if layer.bias is not None:
-            layer.bias.mul_(gamma)
 
 
 class UniversalInvertedBottleneck(nn.Module, Fusable):
@@ -76,6 +49,8 @@ class UniversalInvertedBottleneck(nn.Module, Fusable):
         shortcut: add the input to the output (only possible when ``stride == 1`` and ``c1 == c2``).
         groups: groups of the two 1x1 convs (1 in MobileNetV4).
     """
+
+    builder_options = ("act", "layer_scale_init")  # family-wide arguments the stage builder passes
 
     def __init__(
         self,
