@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -18,6 +19,7 @@ from ultralytics_addmodules.nn.mobilenetv4 import (
     MobileNetV4ConvSmall,
     MobileNetV4HybridLarge,
     MobileNetV4HybridMedium,
+    MobileMQA,
 )
 from ultralytics_addmodules.nn.common import LayerScale2d
 from ultralytics_addmodules.registry import MultiOutputBackbone, lookup
@@ -165,6 +167,34 @@ def test_fuse_removes_batchnorm_and_keeps_outputs(variant):
     assert not any(isinstance(m, (nn.BatchNorm2d, LayerScale2d)) for m in model.modules())
     for b, a in zip(before, after):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_attention_exports_to_onnx_without_broadcast_matmul():
+    """Mobile MQA's products are plain batched matmuls with equal batch dims (a broadcast 4-D MatMul
+    crashed onnx2tf's INT8 conversion), and the exported graph computes what PyTorch does."""
+    import io
+
+    import onnx
+    import onnxruntime as ort
+
+    model = MobileNetV4HybridMedium(width=0.25).eval()
+    x = torch.randn(1, 3, 64, 96)
+    buffer = io.BytesIO()
+    torch.onnx.export(model, x, buffer, opset_version=17, dynamo=False, input_names=["images"])
+    graph = onnx.shape_inference.infer_shapes(onnx.load_from_string(buffer.getvalue()), data_prop=True).graph
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in graph.value_info}
+    matmuls = [node for node in graph.node if node.op_type == "MatMul"]
+    attention_blocks = sum(isinstance(m, MobileMQA) for m in model.modules())
+    assert attention_blocks == 8 and len(matmuls) == 2 * attention_blocks
+    for node in matmuls:
+        a, b = (shapes[name] for name in node.input)
+        assert len(a) == len(b) == 3 and a[0] == b[0], (node.name, a, b)
+
+    session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        expected = model(x)
+    for e, o in zip(expected, session.run(None, {"images": x.numpy()})):
+        assert np.abs(e.numpy() - o).max() <= 1e-4 * max(1.0, float(e.abs().max()))
 
 
 def test_registered_as_multi_output_backbones():

@@ -132,12 +132,16 @@ class MobileMQA(nn.Module, Fusable):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
         xn = self.norm(x)
-        # q: (B, heads, HW, key_dim); k, v: (B, 1, N, dim), one map shared by all heads (broadcast).
+        # All heads share one key and one value map, so the heads are folded into the token axis: q is
+        # (B, heads*HW, key_dim), k and v are (B, N, dim), and both products are plain batched matmuls with
+        # equal batch dims. A broadcast 4-D matmul (B, heads, HW, k) @ (B, 1, k, N) computes the same but
+        # crashes converters (onnx2tf's INT8 TFLite path).
         q = self.query(xn).reshape(b, self.num_heads, self.key_dim, h * w).transpose(-1, -2)
-        k = self.key(self.key_down(xn)).flatten(2).transpose(-1, -2).unsqueeze(1)
-        v = self.value(self.value_down(xn)).flatten(2).transpose(-1, -2).unsqueeze(1)
-        attn = ((q * self.scale) @ k.transpose(-1, -2)).softmax(dim=-1)
-        o = attn @ v  # (B, heads, HW, value_dim)
+        q = q.reshape(b, self.num_heads * h * w, self.key_dim)
+        k = self.key(self.key_down(xn)).flatten(2)  # (B, key_dim, N): already transposed for q @ k
+        v = self.value(self.value_down(xn)).flatten(2).transpose(-1, -2)  # (B, N, value_dim)
+        attn = ((q * self.scale) @ k).softmax(dim=-1)
+        o = (attn @ v).reshape(b, self.num_heads, h * w, self.value_dim)
         o = o.permute(0, 1, 3, 2).reshape(b, self.num_heads * self.value_dim, h, w)
         return x + self.layer_scale(self.output(o))
 
