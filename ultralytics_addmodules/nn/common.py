@@ -10,7 +10,7 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
-from .fuse import Fusable, fold_batchnorm, fuse_modules  # noqa: F401  (fuse_modules: re-exported)
+from .fuse import Fusable, fold_batchnorm, folds_batchnorm_fp16_safe, folds_fp16_safe, fuse_modules  # noqa: F401
 
 ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -95,7 +95,8 @@ class ConvBNAct(nn.Module, Fusable):
         return self.act(self.bn(self.conv(x)))
 
     def fuse(self) -> None:
-        if isinstance(self.bn, nn.BatchNorm2d):
+        """Fold the BN into the conv, unless that would push a channel out of float16's normal range."""
+        if isinstance(self.bn, nn.BatchNorm2d) and folds_batchnorm_fp16_safe(self.conv, self.bn):
             self.conv = fold_batchnorm(self.conv, self.bn)
             self.bn = nn.Identity()
 
@@ -131,17 +132,37 @@ class LayerScale2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.gamma.view(1, -1, 1, 1)
 
-    @torch.no_grad()
-    def fold_into(self, layer: nn.Module) -> None:
-        """Multiply the output channels of ``layer`` (a Conv2d, or a ConvBNAct without activation) by gamma,
-        so that this scale can be dropped at inference. ``layer`` must feed this scale directly."""
-        gamma = self.gamma.detach()
+    def target_of(self, layer: nn.Module) -> nn.Module:
+        """The module whose output channels carry this scale when folded into ``layer`` (a Conv2d, or a
+        ConvBNAct without activation: its BN if still there, else its conv)."""
         if isinstance(layer, ConvBNAct):
             if not isinstance(layer.act, nn.Identity):
                 raise ValueError(f"cannot fold a layer scale through activation {layer.act!r}; valid: no activation")
             layer = layer.bn if isinstance(layer.bn, nn.BatchNorm2d) else layer.conv  # BN is affine: scale it
         if not isinstance(layer, (nn.Conv2d, nn.BatchNorm2d)):
             raise ValueError(f"cannot fold a layer scale into {type(layer).__name__}; valid: Conv2d, ConvBNAct")
-        layer.weight.mul_(gamma.view(-1, *([1] * (layer.weight.ndim - 1))))
-        if layer.bias is not None:
-            layer.bias.mul_(gamma)
+        return layer
+
+    def folds_fp16_safe(self, layer: nn.Module) -> bool:
+        """Whether folding into ``layer`` keeps its weights within float16's normal range (a scale still at its
+        1e-5 initialisation does not: the fused weights would be about 1e-6)."""
+        target = self.target_of(layer)
+        weight = target.weight.view(-1, 1) if isinstance(target, nn.BatchNorm2d) else target.weight
+        return folds_fp16_safe(weight, self.gamma)
+
+    @torch.no_grad()
+    def fold_into(self, layer: nn.Module) -> None:
+        """Multiply the output channels of ``layer`` (a Conv2d, or a ConvBNAct without activation) by gamma,
+        so that this scale can be dropped at inference. ``layer`` must feed this scale directly."""
+        target = self.target_of(layer)
+        gamma = self.gamma.detach().double()
+        target.weight.copy_(target.weight.double() * gamma.view(-1, *([1] * (target.weight.ndim - 1))))
+        if target.bias is not None:
+            target.bias.copy_(target.bias.double() * gamma)
+
+    def fuse_into(self, layer: nn.Module) -> bool:
+        """Fold into ``layer`` if that is float16-safe; returns whether it did (else keep this multiply)."""
+        if self.folds_fp16_safe(layer):
+            self.fold_into(layer)
+            return True
+        return False

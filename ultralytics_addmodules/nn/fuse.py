@@ -1,8 +1,14 @@
-"""Inference-time folding shared by every family: BatchNorm into the convolution before it.
+"""Inference-time folding shared by every family: BatchNorm (and layer scales) into the convolution before it.
 
 Our own blocks know their structure and fold themselves (``Fusable.fuse``, run by ``fuse_modules``);
 for foreign modules (timm models inside ``TimmBackbone``) ``fold_conv_batchnorm`` finds conv -> BN pairs by
 tracing one forward pass, because module order in the source says nothing about data flow.
+
+fp16 safety: folding multiplies a conv's output channels by a per-channel scale. Where that scale is tiny (a
+layer scale initialised at 1e-5, a BatchNorm of a dead channel) the folded weights can fall below float16's
+smallest normal number (6.1e-5), where half precision keeps only a few bits: a fused model would then be far
+less accurate in fp16 than the unfused one. ``folds_fp16_safe`` detects this, and such a scale is kept as
+its own per-channel multiply instead of being folded. Folds are computed in float64 and rounded once.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ from torch import nn
 LOGGER = logging.getLogger("ultralytics")
 # A fused model must compute what the unfused one did; BN folding changes rounding only.
 FUSE_TOLERANCE = 1e-3
+FP16_TINY = torch.finfo(torch.float16).tiny  # smallest normal float16 number, 6.1e-5
+FP16_MAX = torch.finfo(torch.float16).max
 
 
 class Fusable:
@@ -38,8 +46,31 @@ def fuse_modules(root: nn.Module) -> int:
     return count
 
 
+def folds_fp16_safe(weight: torch.Tensor, scale: torch.Tensor) -> bool:
+    """Whether multiplying output channel ``c`` of ``weight`` by ``scale[c]`` keeps float16 as good as before:
+    no channel whose largest weight was within float16's normal range ends up below it (or above its maximum).
+
+    A channel the scale sets to exactly zero is fine (zero is exact in any precision).
+    """
+    before = weight.detach().double().abs().flatten(1).amax(1)
+    after = before * scale.detach().double().abs().flatten()
+    was_normal = (before >= FP16_TINY) & (before <= FP16_MAX)
+    is_normal = ((after >= FP16_TINY) | (after == 0)) & (after <= FP16_MAX)
+    return bool((is_normal | ~was_normal).all())
+
+
+def batchnorm_scale(bn: nn.BatchNorm2d) -> torch.Tensor:
+    """The per-channel factor of ``bn`` in eval mode (``weight / sqrt(running_var + eps)``), in float64."""
+    return bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
+
+
+def folds_batchnorm_fp16_safe(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> bool:
+    """Whether ``fold_batchnorm(conv, bn)`` keeps every output channel within float16's normal range."""
+    return folds_fp16_safe(conv.weight, batchnorm_scale(bn))
+
+
 def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
-    """A new conv whose output equals ``bn(conv(x))`` in eval mode."""
+    """A new conv whose output equals ``bn(conv(x))`` in eval mode (computed in float64, rounded once)."""
     fused = nn.Conv2d(
         conv.in_channels,
         conv.out_channels,
@@ -52,10 +83,10 @@ def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
         padding_mode=conv.padding_mode,
     ).to(device=conv.weight.device)
     with torch.no_grad():
-        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-        fused.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
-        conv_bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-        fused.bias.copy_(bn.bias + (conv_bias - bn.running_mean) * scale)
+        scale = batchnorm_scale(bn)
+        fused.weight.copy_(conv.weight.double() * scale.reshape(-1, 1, 1, 1))
+        conv_bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
+        fused.bias.copy_(bn.bias.double() + (conv_bias - bn.running_mean.double()) * scale)
     fused.weight.requires_grad_(False)
     fused.bias.requires_grad_(False)
     return fused.to(dtype=conv.weight.dtype)
@@ -119,6 +150,7 @@ def _flat(out) -> list[torch.Tensor]:
 def fold_conv_batchnorm(root: nn.Module, x: torch.Tensor) -> int:
     """Fold each BatchNorm2d that directly follows a Conv2d into that conv (eval mode); returns how many.
 
+    A BN whose fold would push a conv channel out of float16's normal range stays (``folds_fp16_safe``).
     Verified on ``x``: if the outputs moved by more than ``FUSE_TOLERANCE`` (some data flow the hooks
     could not see), every fold is undone and a warning is logged.
     """
@@ -127,6 +159,8 @@ def fold_conv_batchnorm(root: nn.Module, x: torch.Tensor) -> int:
     originals = []
     for conv_name, bn_name in conv_bn_pairs(root, x):
         conv, bn = root.get_submodule(conv_name), root.get_submodule(bn_name)
+        if not folds_batchnorm_fp16_safe(conv, bn):
+            continue
         originals.append((conv_name, conv, bn_name, bn))
         _set_submodule(root, conv_name, fold_batchnorm(conv, bn))
         _set_submodule(root, bn_name, _bn_replacement(bn))

@@ -21,6 +21,7 @@ from torch import nn
 from ..registry import MultiOutputBackbone, register_module
 from .builder import BlockSpec, StagedBackbone, timm_layout
 from .common import ConvBNAct, Fusable, LayerScale2d, check_choice, check_positive_number, round_channels
+from .fuse import batchnorm_scale, folds_fp16_safe
 from .uib import UniversalInvertedBottleneck
 
 
@@ -67,11 +68,13 @@ class PreNorm(nn.Module, Fusable):
         bn = self.bn
         if not isinstance(bn, nn.BatchNorm2d):
             return
+        scale = batchnorm_scale(bn)
+        if not folds_fp16_safe(torch.ones_like(scale).view(-1, 1), scale):
+            return  # a scale below float16's normal range stays a BatchNorm (its own parameters are normal)
         affine = nn.Conv2d(bn.num_features, bn.num_features, 1, groups=bn.num_features, bias=True).to(bn.weight)
         with torch.no_grad():
-            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
             affine.weight.copy_(scale.view(-1, 1, 1, 1))
-            affine.bias.copy_(bn.bias - bn.running_mean * scale)
+            affine.bias.copy_(bn.bias.double() - bn.running_mean.double() * scale)
         affine.requires_grad_(False)
         self.bn = affine
 
@@ -146,9 +149,9 @@ class MobileMQA(nn.Module, Fusable):
         return x + self.layer_scale(self.output(o))
 
     def fuse(self) -> None:
-        """Fold the layer scale into the output projection (the BNs are folded by their own ``fuse``)."""
-        if isinstance(self.layer_scale, LayerScale2d):
-            self.layer_scale.fold_into(self.output)
+        """Fold the layer scale into the output projection where float16 stays safe (else it stays a
+        per-channel multiply); the BNs are folded by their own ``fuse``."""
+        if isinstance(self.layer_scale, LayerScale2d) and self.layer_scale.fuse_into(self.output):
             self.layer_scale = nn.Identity()
 
 

@@ -98,10 +98,12 @@ class UniversalInvertedBottleneck(nn.Module, Fusable):
         return x + y if self.add else y
 
     def fuse(self) -> None:
-        """Fold the layer scale into the projection (its BNs are folded by their own ``fuse``)."""
+        """Fold the projection's BN, then the layer scale into the projection where float16 stays safe; a
+        scale too small for that (e.g. still at its 1e-5 initialisation) stays a per-channel multiply."""
         if isinstance(self.layer_scale, LayerScale2d):
-            self.layer_scale.fold_into(self.project)
-            self.layer_scale = nn.Identity()
+            self.project.fuse()
+            if self.layer_scale.fuse_into(self.project):
+                self.layer_scale = nn.Identity()
 
     def extra_repr(self) -> str:
         return f"form={self.form}, residual={self.add}"
