@@ -10,9 +10,10 @@ throughput (images/s over the training epochs, validation excluded) and peak res
 run on the bundled dataset (dataset/data.yaml; a generated tiny dataset when it is missing, which the
 output says).
 
-Fairness: latencies of all models are measured in ONE process, interleaved (one forward of each model in
-turn, repeated), with a fixed thread count, and reported as medians, so background load hits every model
-alike. Training runs in a separate process per model, so one model's memory cannot inflate another's
+Fairness: latencies of all models are measured in ONE process with ``ultralytics_addmodules.measure``, the
+protocol ``compare`` uses too: interleaved (one forward of each model in turn, rotating order), fixed
+thread count, warm-up, median with interquartile range, outliers flagged; so background load hits every
+model alike and both commands report the same latency for the same model. Training runs in a separate process per model, so one model's memory cannot inflate another's
 peak RSS. Ratio columns (x) divide by stock YOLO11 of the same scale (n, s, ...), measured in this run;
 stock models are added automatically when missing from --models.
 """
@@ -20,12 +21,10 @@ stock models are added automatically when missing from --models.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import platform
 import re
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -64,19 +63,22 @@ def stock_for(name: str) -> str | None:
 
 # --- latency (all models in this process, interleaved) -------------------------------------------------------
 def measure_latency(names: list[str], imgsz: int, threads: int, warmup: int, repeats: int, workdir: Path) -> dict:
+    """Params, GFLOPs and latency of every model; latency with the protocol of ultralytics_addmodules.measure
+    (the same one ``compare`` uses): "<column>" holds the median in ms, "<column>_stats" its LatencyStats."""
     import onnxruntime as ort
     import torch
     from ultralytics import YOLO
-    from ultralytics.utils.torch_utils import get_flops, get_num_params
 
-    torch.set_num_threads(threads)
+    from ultralytics_addmodules.measure import measure_latency as measure, model_size, torch_runner
+
     runners, info = {}, {}
     x = torch.rand(1, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(0))
     for name in names:
         try:
             yolo = YOLO(name)
-            info[name] = {"params": get_num_params(yolo.model), "gflops": get_flops(yolo.model, imgsz)}
-            fused = copy.deepcopy(yolo.model).float().eval().fuse(verbose=False)
+            params, gflops = model_size(yolo.model, imgsz)
+            info[name] = {"params": params, "gflops": gflops}
+            pt_runner = torch_runner(yolo.model, imgsz)
             cwd = os.getcwd()
             os.chdir(workdir)  # Ultralytics writes the export next to the model name, i.e. into the cwd
             try:
@@ -87,22 +89,15 @@ def measure_latency(names: list[str], imgsz: int, threads: int, warmup: int, rep
             options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
             session = ort.InferenceSession(str(workdir / onnx_file), options, providers=["CPUExecutionProvider"])
             feed = {session.get_inputs()[0].name: x.numpy()}
-            runners[(name, "pt_ms")] = lambda m=fused: m(x)
+            runners[(name, "pt_ms")] = pt_runner
             runners[(name, "ort_ms")] = lambda s=session, f=feed: s.run(None, f)
         except Exception as e:  # one broken model must not lose the others' numbers
             info[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
-    times = {key: [] for key in runners}
-    with torch.inference_mode():
-        for _ in range(warmup):
-            for run in runners.values():
-                run()
-        for _ in range(repeats):
-            for key, run in runners.items():
-                start = time.perf_counter()
-                run()
-                times[key].append(time.perf_counter() - start)
-    for (name, column), values in times.items():
-        info[name][column] = 1000 * statistics.median(values)
+    for (name, column), stats in measure(runners, warmup=warmup, runs=repeats, threads=threads).items():
+        if stats.error:
+            info[name]["error"] = f"{column}: {stats.error}"
+        else:
+            info[name][column], info[name][column + "_stats"] = stats.median_ms, stats
     return info
 
 
@@ -179,8 +174,8 @@ def dataset(tmp: Path) -> tuple[str, str]:
 COLUMNS = [  # (key, header, format, ratio header or None)
     ("params", "Params (M)", lambda v: f"{v / 1e6:.2f}", "Params x"),
     ("gflops", "GFLOPs", lambda v: f"{v:.2f}", "GFLOPs x"),
-    ("pt_ms", "PyTorch fused ms", lambda v: f"{v:.1f}", "PyTorch x"),
-    ("ort_ms", "ONNX Runtime ms", lambda v: f"{v:.1f}", "ORT x"),
+    ("pt_ms", "PyTorch fused ms (median, IQR)", lambda v: f"{v:.1f}", "PyTorch x"),
+    ("ort_ms", "ONNX Runtime ms (median, IQR)", lambda v: f"{v:.1f}", "ORT x"),
     ("train_img_s", "Train img/s", lambda v: f"{v:.1f}", "img/s x"),
     ("peak_rss_mb", "Peak RSS (MB)", lambda v: f"{v:.0f}", "RSS x"),
 ]
@@ -197,7 +192,8 @@ def table(results: dict) -> str:
         cells = [name]
         for key, _, fmt, _ in COLUMNS:
             value = row.get(key)
-            cells.append(fmt(value) if value is not None else "")
+            stats = row.get(key + "_stats")  # latency: median with its interquartile range and outliers
+            cells.append(stats.cell() if stats is not None else fmt(value) if value is not None else "")
             ref = base.get(key)
             cells.append(f"{value / ref:.2f}" if value is not None and ref else "")
         cells.append(row.get("error", "").replace("|", "/"))
@@ -250,6 +246,7 @@ def main(argv=None) -> int:
 
     sys.path.insert(0, str(REPO))
     import ultralytics_addmodules  # noqa: F401  (activates, also when run from a checkout)
+    from ultralytics_addmodules.measure import protocol
 
     models = list(dict.fromkeys(args.models or default_models()))
     stock = [s for s in dict.fromkeys(stock_for(m) for m in models) if s and s not in models]
@@ -258,15 +255,15 @@ def main(argv=None) -> int:
         tmp = Path(tmp)
         data, data_note = (args.data, f"dataset {args.data}") if args.data else dataset(tmp)
         started = time.time()
-        results = measure_latency(models, args.imgsz, args.threads, warmup=2 if args.quick else 5,
-                                  repeats=args.repeats, workdir=tmp)
+        warmup = 2 if args.quick else 5
+        results = measure_latency(models, args.imgsz, args.threads, warmup=warmup, repeats=args.repeats, workdir=tmp)
         for name in models:
             if "error" not in results[name]:
                 results[name].update(measure_training(name, args, data, tmp / "runs"))
         minutes = (time.time() - started) / 60
     report = "\n".join([
         f"Machine: {machine(args.threads)}",
-        f"Latency: batch 1, {args.imgsz}x{args.imgsz}, median of {args.repeats} interleaved runs. "
+        protocol(warmup, args.repeats, args.threads, "PyTorch (fused) and ONNX Runtime, CPU", args.imgsz),
         f"Training: {args.epochs} epoch(s) at {args.train_imgsz}, batch {args.batch}, workers 0, "
         f"fraction {args.fraction}, {data_note}. Ratios (x) vs stock YOLO11 of the same scale. "
         f"Took {minutes:.1f} min.",

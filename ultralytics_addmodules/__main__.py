@@ -12,7 +12,10 @@ import sys
 
 # name -> (module inside this package, one-line help)
 SUBCOMMANDS = {
-    "compare": ("compare", "compare model YAMLs: params, GFLOPs, latency, mAP (table + Pareto plot)"),
+    "compare": ("compare", "对比模型：参数量、GFLOPs、延迟、mAP（表格 + 帕累托图） | compare models: params, GFLOPs, "
+                           "latency, mAP (table + Pareto plot)"),
+    "layers": ("layers", "逐层参数量与 GFLOPs | per-layer parameters and GFLOPs"),
+    "heatmap": ("heatmap", "热力图（LayerCAM / Grad-CAM） | heatmaps (LayerCAM / Grad-CAM) over images"),
 }
 
 

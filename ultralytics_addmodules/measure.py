@@ -33,6 +33,7 @@ from typing import Callable, Hashable, Mapping, TypeVar
 DEFAULT_WARMUP = 5
 DEFAULT_RUNS = 20
 OUTLIER_IQR_FACTOR = 1.5  # Tukey's fences
+NOISY_IQR_RATIO = 0.25  # an IQR above this share of the median means the machine was busy while timing
 K = TypeVar("K", bound=Hashable)
 
 
@@ -93,6 +94,11 @@ class LatencyStats:
             text += f"; {len(self.outliers)}/{self.n} outliers"
         return text + ")"
 
+    @property
+    def noisy(self) -> bool:
+        """The spread is large (IQR above NOISY_IQR_RATIO of the median): medians are not reliable to a few %."""
+        return self.n > 1 and self.iqr_ms > NOISY_IQR_RATIO * self.median_ms
+
     def overlaps(self, other: LatencyStats) -> bool:
         """Whether the two interquartile ranges [q1, q3] overlap (the medians agree within the stated spread)."""
         return self.q1_ms <= other.q3_ms and other.q1_ms <= self.q3_ms
@@ -144,6 +150,20 @@ def measure_latency(runners: Mapping[K, Callable[[], object]], warmup: int = DEF
         torch.set_num_threads(previous_threads)
     return {k: LatencyStats.failed(errors[k]) if k in errors else LatencyStats.from_samples(samples[k])
             for k in keys}
+
+
+def spread_warning(stats: Mapping[object, LatencyStats]) -> str:
+    """One bilingual line naming the candidates whose spread is large (``LatencyStats.noisy``), else ""."""
+    from .messages import bilingual
+
+    noisy = [str(k) for k, s in stats.items() if not s.error and s.noisy]
+    if not noisy:
+        return ""
+    names = ", ".join(noisy)
+    return bilingual(f"注意：{names} 的延迟四分位距超过中位数的 {NOISY_IQR_RATIO:.0%}，计时期间机器繁忙；"
+                     "请在空闲时重测，或用更少的线程。",
+                     f"warning: the latency IQR of {names} exceeds {NOISY_IQR_RATIO:.0%} of the median, so the "
+                     "machine was busy while timing; rerun when it is idle, or with fewer threads.")
 
 
 def one_line(error: BaseException) -> str:
@@ -238,6 +258,7 @@ __all__ = [
     "model_size",
     "one_line",
     "protocol",
+    "spread_warning",
     "torch_runner",
     "torch_runtime",
 ]
