@@ -180,6 +180,7 @@ def test_plot_labels_never_overlap_each_other_or_the_points():
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.text import Text
 
     # the measured failure: two models at (almost) the same point; plus a crowd and a point at the edge
     points = [(18.0, 0.40), (18.0, 0.40), (18.1, 0.401), (18.05, 0.399), (25.0, 0.45), (25.1, 0.45), (40.0, 0.2)]
@@ -189,11 +190,14 @@ def test_plot_labels_never_overlap_each_other_or_the_points():
     ax.scatter(*zip(*points))
     ax.margins(0.25)
     fig.tight_layout()
-    texts = place_labels(ax, points, labels)
+    bar = (15.0, 0.40, 21.0, 0.40)  # a latency IQR bar through the crowd
+    texts = place_labels(ax, points, labels, avoid=[bar])
     assert sorted(t.get_text() for t in texts) == sorted(labels)
     renderer = fig.canvas.get_renderer()
-    boxes = [t.get_window_extent(renderer) for t in texts]
+    boxes = [Text.get_window_extent(t, renderer) for t in texts]  # the text, without any leader line
+    (bx0, by0), (bx1, by1) = ax.transData.transform(bar[:2]), ax.transData.transform(bar[2:])
     for i, a in enumerate(boxes):
+        assert not (a.x0 < bx1 and bx0 < a.x1 and a.y0 <= by0 <= a.y1), "label on the error bar"
         assert fig.bbox.x0 <= a.x0 and a.x1 <= fig.bbox.x1 and fig.bbox.y0 <= a.y0 and a.y1 <= fig.bbox.y1
         for b in boxes[i + 1:]:
             assert not a.overlaps(b), (a, b)
@@ -231,3 +235,22 @@ def test_compare_and_benchmarks_give_the_same_latency_within_their_spread(tmp_pa
     ours, theirs = row.cpu, info["pt_ms_stats"]
     assert ours.n == theirs.n == 15 and info["pt_ms"] == theirs.median_ms
     assert ours.overlaps(theirs), (ours, theirs)
+
+
+def test_plot_draws_a_dot_per_training_run_and_iqr_bars():
+    from ultralytics_addmodules.compare import figure
+
+    a = seeded("a.yaml", [(0.8, 0.50), (0.84, 0.54), (0.82, 0.52)])
+    b = seeded("b.yaml", [(0.7, 0.49), (0.72, 0.51), (0.71, 0.47)])
+    a.cpu = LatencyStats.from_samples([10.0, 11.0, 12.0, 13.0])
+    b.cpu = LatencyStats.from_samples([20.0, 21.0, 22.0, 30.0])
+    fig = figure([a, b], 64, with_map=True)
+    (ax,) = fig.axes
+    dots = [tuple(p) for c in ax.collections if c.get_gid() == "training runs" for p in c.get_offsets()]
+    assert sorted(dots) == sorted([(a.cpu_ms, v) for v in a.metric("map50_95")]
+                                  + [(b.cpu_ms, v) for v in b.metric("map50_95")])
+    assert [c.get_label() for c in ax.collections if c.get_gid() == "training runs"][0] == "one training run"
+    assert sorted(t.get_text() for t in ax.texts) == ["a", "b"]
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)

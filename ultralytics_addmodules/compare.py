@@ -321,14 +321,18 @@ def notes(results: list[ModelResult], imgsz: int, warmup: int, runs: int, thread
 
 
 # --- plot ----------------------------------------------------------------------------------------------
-def place_labels(ax, points: list[tuple[float, float]], labels: list[str], fontsize: float = 8) -> list:
+def place_labels(ax, points: list[tuple[float, float]], labels: list[str], fontsize: float = 8,
+                 avoid: list[tuple[float, float, float, float]] = ()) -> list:
     """Write ``labels`` next to ``points`` (data coordinates) so that no two labels overlap and no label
-    covers a point; returns the matplotlib Text objects.
+    covers a point, the legend or a rectangle of ``avoid`` (x0, y0, x1, y1 in data coordinates, e.g. error
+    bars); returns the matplotlib Text objects.
 
     Greedy: each label tries positions on rings of growing radius around its point (right, above, left,
     below, then the diagonals) and takes the first whose box is free and inside the figure; a label placed
     away from its point gets a thin leader line.
     """
+    from matplotlib.text import Text
+
     fig = ax.figure
     renderer = fig.canvas.get_renderer()
     fig_box = fig.bbox
@@ -337,6 +341,12 @@ def place_labels(ax, points: list[tuple[float, float]], labels: list[str], fonts
     for x, y in points:
         px, py = ax.transData.transform((x, y))
         obstacles.append((px - marker_r, py - marker_r, px + marker_r, py + marker_r))
+    for x0, y0, x1, y1 in avoid:
+        (ax0, ay0), (ax1, ay1) = ax.transData.transform((x0, y0)), ax.transData.transform((x1, y1))
+        obstacles.append((min(ax0, ax1) - 2, min(ay0, ay1) - 2, max(ax0, ax1) + 2, max(ay0, ay1) + 2))
+    if ax.get_legend() is not None:
+        legend = ax.get_legend().get_window_extent(renderer)
+        obstacles.append((legend.x0, legend.y0, legend.x1, legend.y1))
     directions = [(1, 0), (0, 1), (-1, 0), (0, -1), (1, 1), (-1, 1), (-1, -1), (1, -1)]
     placed = []
     for (x, y), label in sorted(zip(points, labels), key=lambda item: (-item[0][1], item[0][0])):
@@ -348,7 +358,7 @@ def place_labels(ax, points: list[tuple[float, float]], labels: list[str], fonts
                 arrow = {"arrowstyle": "-", "color": "0.5", "lw": 0.6} if radius > 16 else None
                 candidate = ax.annotate(label, (x, y), xytext=(dx * radius, dy * radius), textcoords="offset points",
                                         ha=ha, va=va, fontsize=fontsize, arrowprops=arrow, zorder=4)
-                box = candidate.get_window_extent(renderer)
+                box = Text.get_window_extent(candidate, renderer)  # the text alone, not its leader line
                 rect = (box.x0 - 1, box.y0 - 1, box.x1 + 1, box.y1 + 1)
                 inside = (rect[0] >= fig_box.x0 and rect[1] >= fig_box.y0 and rect[2] <= fig_box.x1
                           and rect[3] <= fig_box.y1)
@@ -381,10 +391,19 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 
 def plot(results: list[ModelResult], path: Path, imgsz: int, with_map: bool) -> None:
+    """Write the Pareto plot of ``figure()`` to ``path``."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(results, imgsz, with_map)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def figure(results: list[ModelResult], imgsz: int, with_map: bool):
     """Pareto plot: mAP50-95 vs CPU latency (with training) or params / GFLOPs vs CPU latency.
 
     Latency points carry their interquartile range as horizontal bars; with several seeds, the mean carries
-    its standard deviation as vertical bars and every run is a small dot.
+    its standard deviation as vertical bars and every run is a small grey dot.
     """
     import matplotlib
 
@@ -406,7 +425,7 @@ def plot(results: list[ModelResult], path: Path, imgsz: int, with_map: bool) -> 
             for r in rows:
                 if len(r.runs) > 1:
                     ax.scatter([r.cpu_ms] * len(r.runs), r.metric(key), s=10, color="tab:gray", alpha=0.7,
-                               zorder=3, label="one training run" if r is rows[0] else None)
+                               zorder=3, label="one training run" if r is rows[0] else None, gid="training runs")
         else:
             rows = ok
             scale = 1e-6 if key == "params" else 1.0
@@ -427,13 +446,14 @@ def plot(results: list[ModelResult], path: Path, imgsz: int, with_map: bool) -> 
         ax.set_xlabel(f"CPU latency (ms, median and IQR, batch 1, {imgsz}x{imgsz})")
         ax.set_ylabel(label + (" (mean ± std over seeds)" if key == "map50_95" else ""))
         ax.grid(alpha=0.3)
-        axis_labels.append((ax, list(zip(xs, ys)), [Path(r.model).stem for r in rows]))
+        bars = [(r.cpu.q1_ms, y, r.cpu.q3_ms, y) for r, y in zip(rows, ys)]  # latency IQR bars
+        bars += [(x, y - e, x, y + e) for x, y, e in zip(xs, ys, yerr) if e > 0]  # seed std bars
+        axis_labels.append((ax, list(zip(xs, ys)), [Path(r.model).stem for r in rows], bars))
     fig.suptitle("Model comparison" + (" (failed models not shown)" if len(ok) < len(results) else ""))
     fig.tight_layout()
-    for ax, points, labels in axis_labels:  # after the layout, so label boxes are measured where they end up
-        place_labels(ax, points, labels)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    for ax, points, labels, bars in axis_labels:  # after the layout, so label boxes are measured where they end up
+        place_labels(ax, points, labels, avoid=bars)
+    return fig
 
 
 def write_outputs(results: list[ModelResult], save_dir: Path, imgsz: int, with_map: bool, table_notes: str = ""
