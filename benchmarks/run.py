@@ -13,8 +13,8 @@ output says).
 Fairness: latencies of all models are measured in ONE process with ``ultralytics_addmodules.measure``, the
 protocol ``compare`` uses too: interleaved (one forward of each model in turn, rotating order), fixed
 thread count, warm-up, median with interquartile range, outliers flagged; so background load hits every
-model alike and both commands report the same latency for the same model. Training runs in a separate process per model, so one model's memory cannot inflate another's
-peak RSS. Ratio columns (x) divide by stock YOLO11 of the same scale (n, s, ...), measured in this run;
+model alike and both commands report the same latency for the same model. Training runs in a separate
+process per model, so one model's memory cannot inflate another's peak RSS. Ratio columns (x) divide by stock YOLO11 of the same scale (n, s, ...), measured in this run;
 stock models are added automatically when missing from --models.
 """
 

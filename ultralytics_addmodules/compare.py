@@ -222,7 +222,8 @@ def _fmt(value: float, digits: int) -> str:
 def csv_row(r: ModelResult) -> dict[str, object]:
     cpu, gpu = r.cpu, r.gpu
     values = {
-        "model": r.model, "params": "" if math.isnan(r.params) else int(r.params), "gflops": "" if math.isnan(r.gflops) else repr(r.gflops),
+        "model": r.model, "params": "" if math.isnan(r.params) else int(r.params),
+        "gflops": "" if math.isnan(r.gflops) else repr(r.gflops),  # full precision: equal to model.info()
         "cpu_ms": _fmt(cpu.median_ms, 3) if cpu else "", "cpu_q1_ms": _fmt(cpu.q1_ms, 3) if cpu else "",
         "cpu_q3_ms": _fmt(cpu.q3_ms, 3) if cpu else "", "cpu_outliers": len(cpu.outliers) if cpu and cpu.n else "",
         "fps": _fmt(cpu.fps, 2) if cpu else "", "gpu_ms": _fmt(gpu.median_ms, 3) if gpu else "",

@@ -465,5 +465,9 @@ def run(args: argparse.Namespace) -> int:
     print(markdown_table(["Image", "Layer", "Feature map (CxHxW)", "Target", "Method", "File"], rows,
                          [False] * 6), end="")
     written = sum(1 for r in rows if r[1])
+    if Path(args.model).suffix in (".yaml", ".yml"):
+        print(_bi("注意：YAML 模型的权重是随机初始化的，热力图只用于检查流程；论文图请用训练好的 .pt",
+                  "note: a YAML model has random weights, so these maps only check the pipeline; use a trained "
+                  ".pt for figures"))
     print(f"\n{written} 张热力图已保存到 {save_dir} | {written} heatmaps saved to {save_dir}")
     return 0 if written else 1
