@@ -354,6 +354,7 @@ def overlay(image_bgr: np.ndarray, cam: np.ndarray, detections: list[Detection],
     colour = cv2.applyColorMap((cam * 255).astype(np.uint8), cv2.COLORMAP_JET)
     out = cv2.addWeighted(image_bgr, 1 - alpha, colour, alpha, 0)
     thickness = max(1, round(max(out.shape[:2]) / 400))
+    taken: list[tuple[int, int, int, int]] = []  # label boxes already drawn, so labels never cover each other
     for d in detections:
         label = f"{names.get(d.cls, d.cls)} {d.score:.2f}"
         if not d.box:  # classification: the label in the corner
@@ -367,8 +368,12 @@ def overlay(image_bgr: np.ndarray, cam: np.ndarray, detections: list[Detection],
         else:
             x1, y1, x2, y2 = (int(round(v)) for v in d.box)
             cv2.rectangle(out, (x1, y1), (x2, y2), (255, 255, 255), thickness)
-        cv2.putText(out, label, (int(x1), max(int(y1) - 4, 12)), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1,
-                    cv2.LINE_AA)
+        (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1)
+        x, y = int(x1), max(int(y1) - 4, th + 2)
+        while any(x < bx1 and bx0 < x + tw and y - th < by1 and by0 < y + base for bx0, by0, bx1, by1 in taken):
+            y += th + base + 2  # move below the label in the way
+        taken.append((x, y - th, x + tw, y + base))
+        cv2.putText(out, label, (x, y), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
     return out
 
 
@@ -460,7 +465,9 @@ def run(args: argparse.Namespace) -> int:
         for i, cam in result.cams.items():
             out = save_dir / f"{path.stem}-layer{i}.jpg"
             cv2.imwrite(str(out), overlay(image, cam, result.detections, names, args.alpha))
-            rows.append([path.name, str(i), "x".join(map(str, result.feature_shapes[i])), note,
+            # e.g. P5 when every target was detected by the P3 branch: the head's P5 input did not contribute
+            empty = "; no gradient reaches this layer" if not cam.any() else ""
+            rows.append([path.name, str(i), "x".join(map(str, result.feature_shapes[i])), note + empty,
                          f"{args.method}/{args.target}", out.name])
     print(markdown_table(["Image", "Layer", "Feature map (CxHxW)", "Target", "Method", "File"], rows,
                          [False] * 6), end="")
