@@ -26,7 +26,7 @@ from ultralytics.nn import modules as ul
 from ultralytics.nn import tasks
 from ultralytics.utils import LOGGER, VERBOSE, checks
 
-from . import parser
+from . import dataset_check, fonts, parser
 from .dataset_check import absolute_data_yaml
 from .model_yamls import find_model_yaml
 from .nn.backbone import Backbone
@@ -294,6 +294,38 @@ def _torch_safe_load(weight, *args, **kwargs):
         raise
 
 
+# === wt-data (issue #18): dataset check in YOLO.train, Chinese labels in plots ===========================
+# YOLO(...).train(data=...) runs the cheap part of our dataset check (no image decoding) before Ultralytics
+# reads the data; check_font and the PIL annotator use a local CJK font for non-ASCII labels (the [cjk]
+# extra) instead of downloading Arial.Unicode.ttf. The logic lives in dataset_check.py and fonts.py.
+def _get_dataset(self):
+    dataset_check.quick_check(self.args.data, self.args.task)
+    return STOCK["get_dataset"](self)
+
+
+def _check_font(font="Arial.ttf"):
+    return fonts.check_font(font, STOCK["check_font"])
+
+
+def _annotator_init(self, *args, **kwargs):
+    STOCK["annotator_init"](self, *args, **kwargs)
+    if getattr(self, "pil", False):
+        self.font = fonts.chinese_face(self.font)
+
+
+def _apply_dataset_check_and_fonts() -> None:
+    from ultralytics.engine.trainer import BaseTrainer
+    from ultralytics.utils import plotting
+
+    STOCK.update(get_dataset=BaseTrainer.get_dataset, check_font=checks.check_font,
+                 annotator_init=plotting.Annotator.__init__)
+    BaseTrainer.get_dataset = _get_dataset
+    _rebind_everywhere(STOCK["check_font"], _check_font, "check_font")
+    checks.check_font = _check_font
+    plotting.Annotator.__init__ = _annotator_init
+# === end of wt-data (issue #18) ===========================================================================
+
+
 def _rebind_everywhere(original, replacement, attribute: str) -> None:
     """Replace ``attribute`` in every already-imported Ultralytics module that bound ``original``."""
     for name, module in list(sys.modules.items()):
@@ -330,6 +362,7 @@ def apply() -> None:
     data_utils.check_det_dataset = _check_det_dataset
     if _onnx_export_needs_legacy_default():
         Model.export = _export
+    _apply_dataset_check_and_fonts()  # wt-data (issue #18)
     if VERBOSE:
         from .registry import lookup
 
