@@ -262,6 +262,9 @@ def _encoding_problem(yaml_file: Path, raw: bytes, error: UnicodeDecodeError) ->
     except UnicodeDecodeError:
         text = ""
     if re.search(r"[\u4e00-\u9fff]", text):
+        first_non_ascii = next(i for i, b in enumerate(raw) if b >= 0x80)  # may come before the first UTF-8 error
+        line = raw.count(b"\n", 0, first_non_ascii) + 1
+        where = f"{yaml_file}:{line}"
         return Problem(where, f"文件不是 UTF-8 编码，看起来是 GBK/GB18030（中文 Windows 记事本以前的默认编码），"
                               f"Ultralytics 会丢掉其中的中文；请另存为 UTF-8（{how_zh}）",
                        f"not UTF-8: it looks like GBK/GB18030 (the old default of Notepad on Chinese Windows), whose "
