@@ -6,6 +6,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -366,3 +367,20 @@ def test_check_command_bad_input_and_help(tmp_path, capsys):
         cli.main(["check", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
     assert "--skip-bad-images" in help_text and "检查 YOLO 数据集" in help_text and "Check a YOLO dataset" in help_text
+
+
+def test_cache_folder_is_the_users_not_the_datasets(monkeypatch, tmp_path):
+    monkeypatch.delenv("ULTRALYTICS_ADDMODULES_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    if sys.platform.startswith("linux"):
+        assert image_check.cache_dir() == tmp_path / "xdg" / "ultralytics-addmodules"
+    monkeypatch.setenv("ULTRALYTICS_ADDMODULES_CACHE_DIR", str(tmp_path / "mine"))
+    assert image_check.verdict_cache_file("/x/data.yaml").parent == tmp_path / "mine" / "image-verdicts"
+
+
+def test_progress_bar_only_on_large_sets(ds, capsys):
+    images = sorted(str(p) for p in ds.parent.rglob("*.jpg"))
+    image_check.verify_images(images)
+    assert "verifying images" not in capsys.readouterr().err  # 5 images: no bar
+    image_check.verify_images(images, progress=True)  # what a set of PROGRESS_MIN_IMAGES or more gets
+    assert "检查图片 | verifying images" in capsys.readouterr().err

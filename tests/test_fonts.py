@@ -107,3 +107,20 @@ def test_chinese_names_in_ultralytics_plots_with_the_cjk_extra(tmp_path, no_netw
         annotator.box_label([10, 40, 80, 90], name, color=(0, 0, 255))
         drawn.append(np.asarray(annotator.result())[:40])
     assert not np.array_equal(*drawn)  # real glyphs: 猫 and 狗 differ (missing glyphs draw the same box)
+
+
+def test_a_system_cjk_font_is_used_without_the_extra(monkeypatch):
+    from matplotlib import font_manager
+
+    path = str(dejavu().path)
+    monkeypatch.setattr(fonts, "_pip_font", lambda: None)
+    fake = font_manager.FontEntry(fname=path, name="Microsoft YaHei")  # as matplotlib lists a Windows font
+    monkeypatch.setattr(font_manager.fontManager, "ttflist", [fake])
+    fonts.find_cjk_font.cache_clear()
+    try:
+        assert fonts.find_cjk_font() == fonts.CJKFont(Path(path), 0, "Microsoft YaHei")
+        monkeypatch.setattr(font_manager.fontManager, "ttflist", [])
+        fonts.find_cjk_font.cache_clear()
+        assert fonts.find_cjk_font() is None
+    finally:
+        fonts.find_cjk_font.cache_clear()
