@@ -384,3 +384,18 @@ def test_progress_bar_only_on_large_sets(ds, capsys):
     assert "verifying images" not in capsys.readouterr().err  # 5 images: no bar
     image_check.verify_images(images, progress=True)  # what a set of PROGRESS_MIN_IMAGES or more gets
     assert "检查图片 | verifying images" in capsys.readouterr().err
+
+
+def test_what_stock_ultralytics_accepts_still_passes(ds):
+    """String ids in names:, hidden macOS copies (._x.jpg), images in sub-folders, a 'validation:' key."""
+    ds.write_text("train: train/images\nvalidation: val/images\nnames:\n  '0': class0\n  '1': class1\n")
+    (ds.parent / "train" / "images" / "._000.jpg").write_bytes(b"\0\5\26\7 AppleDouble")
+    sub = ds.parent / "train" / "images" / "more"
+    sub.mkdir()
+    shutil.copy(ds.parent / "train" / "images" / "000.jpg", sub / "extra.jpg")
+    (ds.parent / "train" / "labels" / "more").mkdir()
+    (ds.parent / "train" / "labels" / "more" / "extra.txt").write_text("1 0.5 0.5 0.2 0.2\n")
+    summary = check_dataset(ds)
+    assert summary.names == ["class0", "class1"] and summary.problems == []
+    assert summary.splits["train"].images == 4 and summary.splits["val"].images == 2
+    quick_check(str(ds))

@@ -302,12 +302,12 @@ def _class_names(data: dict, yaml_file: Path) -> list[str]:
                                        "'names:' is missing (list the class names, one per class id)", "yaml"))
         return [f"class_{i}" for i in range(int(data["nc"]))]
     if isinstance(names, dict):
-        ids = list(names)
-        if not all(isinstance(i, int) for i in ids) or sorted(ids) != list(range(len(ids))):
-            shown = sorted(ids, key=lambda i: (not isinstance(i, int), str(i) if not isinstance(i, int) else i))
-            raise DatasetError(Problem(where, f"'names:' 的 id 必须是 0..{len(ids) - 1} 且连续，实际是 {shown}",
-                                       f"'names:' ids must be 0..{len(ids) - 1} without gaps, got {shown}", "yaml"))
-        names = [names[i] for i in range(len(ids))]
+        by_id = {_as_id(k): v for k, v in names.items()}  # Ultralytics accepts '0': too
+        if None in by_id or sorted(by_id) != list(range(len(by_id))):
+            shown = ", ".join(str(k) for k in names)
+            raise DatasetError(Problem(where, f"'names:' 的 id 必须是 0..{len(names) - 1} 且连续，实际是 {shown}",
+                                       f"'names:' ids must be 0..{len(names) - 1} without gaps, got {shown}", "yaml"))
+        names = [by_id[i] for i in range(len(by_id))]
     if not isinstance(names, list) or not names:
         raise DatasetError(Problem(where, "'names:' 必须是非空列表，或 id: 名字 的映射",
                                    "'names:' must be a non-empty list or an id: name mapping", "yaml"))
@@ -319,6 +319,13 @@ def _class_names(data: dict, yaml_file: Path) -> list[str]:
         raise DatasetError(Problem(where, f"类别 {empty[0]} 没有名字（'names:' 里写成 '{empty[0]}: 名字'）",
                                    f"class {empty[0]} has no name (write '{empty[0]}: name' under 'names:')", "yaml"))
     return [str(n) for n in names]
+
+
+def _as_id(key) -> int | None:
+    try:
+        return int(key) if str(int(key)) == str(key).strip() else None
+    except (TypeError, ValueError):
+        return None
 
 
 def dataset_root(data: dict, yaml_file: Path) -> Path:
@@ -350,11 +357,13 @@ def _relative_path_hint(data: dict) -> tuple[str, str]:
 
 # --- images and labels ------------------------------------------------------------------------------------
 def _list_images(folder: Path) -> list[str]:
-    """Image files under ``folder`` (recursively), sorted, as Ultralytics finds them."""
+    """Image files under ``folder`` (recursively), sorted, as Ultralytics' ``glob('**/*.*')`` finds them: hidden
+    files and folders (macOS' ``._x.jpg`` copies) are skipped, linked folders followed."""
     found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames.sort()
-        found += [os.path.join(dirpath, f) for f in filenames if f.rpartition(".")[2].lower() in IMAGE_SUFFIXES]
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found += [os.path.join(dirpath, f) for f in filenames
+                  if not f.startswith(".") and "." in f and f.rpartition(".")[2].lower() in IMAGE_SUFFIXES]
     return sorted(found)
 
 
