@@ -20,6 +20,7 @@ import json
 import multiprocessing
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -138,14 +139,29 @@ def _chunks(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:
         yield items[start:start + size]
 
 
+class _Progress:
+    """A one-line progress counter on stderr (tqdm is not a dependency of every supported Ultralytics)."""
+
+    def __init__(self, total: int, label: str = "检查图片 | verifying images"):
+        self.total, self.done, self.label, self.last = total, 0, label, 0.0
+        self.start = time.monotonic()
+
+    def update(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self.last >= 0.2 or self.done >= self.total:
+            self.last = now
+            rate = self.done / max(now - self.start, 1e-9)
+            print(f"\r{self.label}: {self.done}/{self.total} ({self.done / self.total:.0%}, {rate:.0f} img/s)",
+                  end="", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        print(file=sys.stderr, flush=True)
+
+
 def _decode_all(paths: list[str], workers: int, progress: bool | None) -> list[Verdict]:
     show = len(paths) >= PROGRESS_MIN_IMAGES if progress is None else progress
-    bar = None
-    if show:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(paths), desc="检查图片 | verifying images", unit="img", file=sys.stderr,
-                   dynamic_ncols=True)
+    bar = _Progress(len(paths)) if show and paths else None
     chunk = 32
     verdicts: list[Verdict] = []
     try:
