@@ -289,9 +289,9 @@ def test_skip_bad_images_trains_without_them(dataset_copy, train_script, tmp_pat
     import yaml
 
     bad = sorted((dataset_copy.parent / "train" / "images").glob("*.jpg"))[0]
-    truncate(bad)
+    truncate(bad)  # 3 good images left: --batch 3 keeps them in one batch (BatchNorm needs 2+ per batch)
     train_script.main(["--data", str(dataset_copy), "--model", "yolo11n.yaml", "--epochs", "1", "--imgsz", "32",
-                       "--batch", "2", "--device", "cpu", "--workers", "0", "--no-plots", "--skip-bad-images",
+                       "--batch", "3", "--device", "cpu", "--workers", "0", "--no-plots", "--skip-bad-images",
                        "--project", str(tmp_path / "runs"), "--name", "skip"])
     run = tmp_path / "runs" / "skip"
     used = Path(yaml.safe_load((run / "args.yaml").read_text())["data"])
