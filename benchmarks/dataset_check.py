@@ -51,7 +51,8 @@ def make_dataset(root: Path, n: int, width: int, height: int) -> Path:
                 x, y = int(rng.integers(0, width - w)), int(rng.integers(0, height - h))
                 cls = int(rng.integers(0, 3))
                 img[y:y + h, x:x + w] = ((220, 40, 40), (40, 190, 60), (40, 80, 230))[cls]
-                lines.append(f"{cls} {(x + w / 2) / width:.6f} {(y + h / 2) / height:.6f} {w / width:.6f} {h / height:.6f}")
+                cx, cy = (x + w / 2) / width, (y + h / 2) / height
+                lines.append(f"{cls} {cx:.6f} {cy:.6f} {w / width:.6f} {h / height:.6f}")
             Image.fromarray(img).save(images / f"{k:06d}.jpg", quality=90)
             (labels / f"{k:06d}.txt").write_text("\n".join(lines) + "\n")
         (labels / "classes.txt").write_text("red\ngreen\nblue\n")

@@ -199,7 +199,8 @@ def test_nan_inf_negative_values_name_file_and_line(ds, line):
         ("segment", "", ["0 0.1 0.1 0.4 0.1 0.3 0.5"], ["0 0.5 0.5 0.2 0.2", "0 0.1 0.1 0.4 0.1 0.3 0.5 0.2"]),
         ("pose", "kpt_shape: [2, 3]", ["0 0.5 0.5 0.2 0.2 0.4 0.4 2 0.6 0.6 0"], ["0 0.5 0.5 0.2 0.2 0.4 0.4 2"]),
         ("pose", "kpt_shape: [2, 2]", ["0 0.5 0.5 0.2 0.2 0.4 0.4 0.6 0.6"], ["0 0.5 0.5 0.2 0.2 0.4 0.4 2 0.6 0.6 0"]),
-        ("obb", "", ["1 0.1 0.1 0.4 0.1 0.4 0.5 0.1 0.5"], ["1 0.5 0.5 0.2 0.2", "1 0.1 0.1 0.4 0.1 0.4 0.5 0.1 0.5 0.2 0.3"]),
+        ("obb", "", ["1 0.1 0.1 0.4 0.1 0.4 0.5 0.1 0.5"],
+         ["1 0.5 0.5 0.2 0.2", "1 0.1 0.1 0.4 0.1 0.4 0.5 0.1 0.5 0.2 0.3"]),
     ],
 )
 def test_field_counts_per_task(ds, task, extra, good, bad):
@@ -281,7 +282,8 @@ def test_quick_check_leaves_what_ultralytics_resolves_itself(ds):
     assert quick_check({"train": "x"}) is None
     assert quick_check(str(ds), task="classify") is None
     downloadable = ds.parent / "dl.yaml"
-    downloadable.write_text("train: nowhere/images\nval: nowhere/images\nnames: [a]\ndownload: https://x.invalid/d.zip\n")
+    downloadable.write_text("train: nowhere/images\nval: nowhere/images\nnames: [a]\n"
+                            "download: https://x.invalid/d.zip\n")
     assert quick_check(str(downloadable)) is None
 
 

@@ -253,7 +253,8 @@ def _encoding_problem(yaml_file: Path, raw: bytes, error: UnicodeDecodeError) ->
     line = raw[:error.start].count(b"\n") + 1
     where = f"{yaml_file}:{line}"
     how_zh = "记事本：另存为 → 编码选 UTF-8；VS Code：点右下角的编码 → 通过编码保存 → UTF-8"
-    how_en = "Notepad: Save As → Encoding UTF-8; VS Code: click the encoding in the status bar → Save with Encoding → UTF-8"
+    how_en = ("Notepad: Save As → Encoding UTF-8; VS Code: click the encoding in the status bar → Save with Encoding → "
+              "UTF-8")
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
         return Problem(where, f"文件是 UTF-16 编码（记事本的“Unicode”），请另存为 UTF-8（{how_zh}）",
                        f"the file is UTF-16 (Notepad's 'Unicode'); save it again as UTF-8 ({how_en})", "yaml")
@@ -430,7 +431,8 @@ class _LabelRules:
                     "9 numbers 'class x1 y1 x2 y2 x3 y3 x4 y4' (the 4 corners of the rotated box)")
         if self.task == "segment":
             return ("多边形 'class x1 y1 x2 y2 x3 y3 ...'（类别 + 至少 3 个点，共奇数个且至少 7 个数）",
-                    "a polygon 'class x1 y1 x2 y2 x3 y3 ...' (class + at least 3 points: an odd count of at least 7 numbers)")
+                    "a polygon 'class x1 y1 x2 y2 x3 y3 ...' (class + at least 3 points: an odd count of at least 7 "
+                    "numbers)")
         return ("'class x_center y_center width height'（5 个数），或多边形 'class x1 y1 x2 y2 x3 y3 ...'（类别 + 至少 3 个点）",
                 "'class x_center y_center width height' (5 numbers) or a polygon 'class x1 y1 x2 y2 x3 y3 ...' "
                 "(class + at least 3 points)")
@@ -473,7 +475,8 @@ def _line_problem(fields: list[str], rules: _LabelRules) -> tuple[str, str, str]
                 f"class id {fields[0]!r} is not a non-negative integer")
     if cls >= rules.nc:  # (Ultralytics 8.3.0 lets id == nc through, then fails or mislabels later)
         return ("label-wrong", f"类别 id {int(cls)} 超出范围：data YAML 只有 {rules.nc} 个类别（有效 id 0-{rules.nc - 1}）",
-                f"class id {int(cls)} is out of range; the data YAML has {rules.nc} classes (valid ids 0-{rules.nc - 1})")
+                f"class id {int(cls)} is out of range; the data YAML has {rules.nc} classes (valid ids "
+                f"0-{rules.nc - 1})")
     if min(values[1:]) < 0:
         return ("label-line", f"有负数：'{shown}'（坐标要除以图片宽高，归一化到 0-1）",
                 f"negative value in '{shown}' (coordinates are normalised to 0-1 by the image width/height)")
@@ -511,7 +514,8 @@ def _check_label_text(label: str, text: str, rules: _LabelRules, problems: list[
         problems.append(Problem(f"{label}:{box_line}",
                                 f"文件里既有框（第 {box_line} 行，5 个数）又有多边形（第 {polygon_line} 行）；Ultralytics "
                                 f"会把框也当成只有 2 个点的多边形读，得到错误的框；一个文件只用一种",
-                                f"the file mixes boxes (line {box_line}, 5 numbers) and polygons (line {polygon_line}); "
+                                f"the file mixes boxes (line {box_line}, 5 numbers) and polygons "
+                                f"(line {polygon_line}); "
                                 f"Ultralytics then reads the boxes as 2-point polygons, which gives wrong boxes; use "
                                 f"one kind per file", "label-wrong"))
         usable = False
@@ -648,8 +652,8 @@ def _scan(data: str | os.PathLike, task: str | None) -> DatasetSummary:
     if tuple(names) == DEMO_NAMES and summary.splits and not all(s.demo_like for s in summary.splits.values()):
         problems.append(Problem(str(yaml_file), "names: 还是示例数据集的 circle/square/triangle，但图片不是示例的；请写上你的类别名"
                                                 "（顺序与标注工具的 classes.txt 一致）",
-                                "names: are still the sample dataset's circle/square/triangle but the images are not the "
-                                "sample's; write your class names (in the order of your labelling tool's classes.txt)",
+                                "names: are still the sample dataset's circle/square/triangle but the images are not "
+                                "the sample's; write your class names (in the order of your labelling tool's classes.txt)",
                                 "demo-names", warning=True))
     return summary
 

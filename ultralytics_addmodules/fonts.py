@@ -28,7 +28,8 @@ UNICODE_FONT_REQUEST = "Arial.Unicode.ttf"  # what Ultralytics asks for when lab
 PIP_FONTS = (("noto_cjk_sans_otc", "NotoSansCJK-Regular.ttc", "Noto Sans CJK SC"),)
 # Fonts a system may already have, best first (family names as matplotlib lists them).
 SYSTEM_FAMILIES = ("Noto Sans CJK SC", "Noto Sans SC", "Source Han Sans SC", "Source Han Sans CN", "Microsoft YaHei",
-                   "PingFang SC", "SimHei", "WenQuanYi Micro Hei", "WenQuanYi Zen Hei", "Heiti SC", "Droid Sans Fallback")
+                   "PingFang SC", "SimHei", "WenQuanYi Micro Hei", "WenQuanYi Zen Hei", "Heiti SC",
+                   "Droid Sans Fallback")
 
 LOGGER = logging.getLogger("ultralytics")
 
