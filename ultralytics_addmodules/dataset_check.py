@@ -653,7 +653,8 @@ def _scan(data: str | os.PathLike, task: str | None) -> DatasetSummary:
         problems.append(Problem(str(yaml_file), "names: 还是示例数据集的 circle/square/triangle，但图片不是示例的；请写上你的类别名"
                                                 "（顺序与标注工具的 classes.txt 一致）",
                                 "names: are still the sample dataset's circle/square/triangle but the images are not "
-                                "the sample's; write your class names (in the order of your labelling tool's classes.txt)",
+                                "the sample's; write your class names (in the order of your labelling tool's "
+                                "classes.txt)",
                                 "demo-names", warning=True))
     return summary
 
