@@ -158,12 +158,14 @@ def dataset_warnings(summary, args: argparse.Namespace) -> list[str]:
 
 def check_data(args: argparse.Namespace, task: str | None = None) -> Path:
     """Run the full dataset check; stop with every problem listed, or return the data YAML to train on."""
-    from ultralytics_addmodules.dataset_check import DatasetError, check_dataset
+    from ultralytics_addmodules.dataset_check import DatasetError, check_dataset, format_problems
     from ultralytics_addmodules.messages import bilingual
 
     try:
         summary = check_dataset(args.data, task=task, skip_bad_images=args.skip_bad_images)
     except DatasetError as e:
+        for line in format_problems(e.warnings):  # e.g. the sample's class names left in place: often the cause
+            print(f"train.py: warning: {line}", file=sys.stderr)
         lines = e.lines()
         if e.corrupt_images:
             lines.append(bilingual("加上 --skip-bad-images 可以跳过无法解码的图片继续训练",
