@@ -20,6 +20,9 @@ What is rebound, and why:
 * ``check_det_dataset``: a relative data YAML path resolves next to the YAML.
 * ``Model.export``: 8.3.0's TorchScript-based ONNX exporter on torch versions that default to dynamo.
 * ``check_pip_update_available``: after Ultralytics' own upgrade hint, one line on what upgrading means here.
+* ``BaseTrainer.get_dataset``: the cheap part of our dataset check runs before Ultralytics reads the data.
+* ``check_font`` and the PIL ``Annotator``: a local CJK font (the ``[cjk]`` extra) for Chinese class names, never
+  a font download.
 
 Nothing else in the package knows how Ultralytics is patched.
 """
@@ -41,7 +44,7 @@ from ultralytics.nn import modules as ul
 from ultralytics.nn import tasks
 from ultralytics.utils import LOGGER, checks
 
-from . import compat, parser
+from . import compat, dataset_check, fonts, parser
 from .dataset_check import absolute_data_yaml
 from .messages import ModelYAMLError, bilingual
 from .model_yamls import find_model_yaml
@@ -469,6 +472,25 @@ def _torch_safe_load(weight, *args, **kwargs):
         raise
 
 
+# --- the dataset check in YOLO.train, Chinese labels in plots (issue 18) -----------------------------------
+# YOLO(...).train(data=...) runs the cheap part of our dataset check (no image decoding) before Ultralytics
+# reads the data; check_font and the PIL annotator use a local CJK font for non-ASCII labels (the [cjk]
+# extra) instead of downloading Arial.Unicode.ttf. The logic lives in dataset_check.py and fonts.py.
+def _get_dataset(self):
+    dataset_check.quick_check(self.args.data, self.args.task)
+    return STOCK["get_dataset"](self)
+
+
+def _check_font(font="Arial.ttf"):
+    return fonts.check_font(font, STOCK["check_font"])
+
+
+def _annotator_init(self, *args, **kwargs):
+    STOCK["annotator_init"](self, *args, **kwargs)
+    if getattr(self, "pil", False):
+        self.font = fonts.chinese_face(self.font)
+
+
 # --- applying and undoing ----------------------------------------------------------------------------------
 class PatchSet:
     """Replacements made so far, so that activation can be undone completely."""
@@ -519,6 +541,8 @@ def _guard(addon_names: list[str]) -> None:
 def _apply(table: dict) -> None:
     from ultralytics.data import utils as data_utils
     from ultralytics.engine.model import Model
+    from ultralytics.engine.trainer import BaseTrainer
+    from ultralytics.utils import plotting
 
     register_builtin_modules(table)
     STOCK.update(
@@ -547,6 +571,12 @@ def _apply(table: dict) -> None:
     p.replace(checks, "check_pip_update_available", _check_pip_update_available)
     if _onnx_export_needs_legacy_default():
         p.replace(Model, "export", _export)
+    STOCK.update(get_dataset=BaseTrainer.get_dataset, check_font=checks.check_font,
+                 annotator_init=plotting.Annotator.__init__)
+    p.replace(BaseTrainer, "get_dataset", _get_dataset)
+    p.rebind_everywhere(STOCK["check_font"], _check_font, "check_font")
+    p.replace(checks, "check_font", _check_font)
+    p.replace(plotting.Annotator, "__init__", _annotator_init)
 
 
 def activate(import_plugins: Callable[[], None]) -> bool:
