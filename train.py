@@ -194,6 +194,8 @@ def main(argv: list[str] | None = None) -> None:
         model = YOLO(args.model)
     except FileNotFoundError as e:
         fail(f"model not found: {args.model} ({e})")
+    except ultralytics_addmodules.ModelYAMLError as e:  # already one line naming the layer and the bad value
+        fail(f"{args.model}: {e}")
     data = check_data(args, task=model.task)  # labels are checked in the format of the model's task
     if args.pretrained:
         try:
