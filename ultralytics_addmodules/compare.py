@@ -134,7 +134,8 @@ def compare_models(models: list[str], data: str | None = None, epochs: int = 10,
     import torch
     from ultralytics.utils import TQDM
 
-    summary = check_dataset(data) if data else None
+    # images are decoded by run()'s full check (and the check command); here the layout and labels suffice
+    summary = check_dataset(data, verify_images=False) if data else None
     nc = summary.nc if summary else None
     save_dir = Path(save_dir or "runs/compare")
     results = [ModelResult(model=str(name)) for name in models]
@@ -513,8 +514,15 @@ def check_args(args: argparse.Namespace) -> int:
     if args.data:
         try:
             check_dataset(args.data)
-        except DatasetError as e:
-            return fail(COMMAND, f"数据集有问题：{e}", f"dataset problem: {e}")
+        except DatasetError as e:  # the first problem, in each language (``check`` lists them all)
+            first = e.problems[0] if getattr(e, "problems", None) else None
+            if first is None or not hasattr(first, "zh"):
+                return fail(COMMAND, f"数据集有问题：{e}", f"dataset problem: {e}")
+            where = f"{first.where}: " if first.where else ""
+            more = len(e.problems) - 1
+            zh_more = f"（另有 {more} 个问题，用 check 命令查看）" if more else ""
+            en_more = f" ({more} more; run the check command)" if more else ""
+            return fail(COMMAND, f"数据集有问题：{where}{first.zh}{zh_more}", f"dataset problem: {where}{first.en}{en_more}")
     return 0
 
 
