@@ -229,12 +229,14 @@ def test_compare_and_benchmarks_give_the_same_latency_within_their_spread(tmp_pa
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     settings = {"warmup": 3, "threads": 1}
-    (row,) = compare_models(["yolo11n.yaml"], imgsz=64, runs=15, save_dir=tmp_path / "compare", progress=False,
+    (row,) = compare_models(["yolo11n.yaml"], imgsz=64, runs=25, save_dir=tmp_path / "compare", progress=False,
                             **settings)
-    info = bench.measure_latency(["yolo11n.yaml"], 64, repeats=15, workdir=tmp_path, **settings)["yolo11n.yaml"]
+    info = bench.measure_latency(["yolo11n.yaml"], 64, repeats=25, workdir=tmp_path, **settings)["yolo11n.yaml"]
     ours, theirs = row.cpu, info["pt_ms_stats"]
-    assert ours.n == theirs.n == 15 and info["pt_ms"] == theirs.median_ms
-    assert ours.overlaps(theirs), (ours, theirs)
+    assert ours.n == theirs.n == 25 and info["pt_ms"] == theirs.median_ms
+    # the two medians differ by less than the two stated spreads together (the runs are minutes apart on a
+    # shared machine, so not interleaved with each other); before measure.py they differed up to 30-fold
+    assert abs(ours.median_ms - theirs.median_ms) <= ours.iqr_ms + theirs.iqr_ms, (ours, theirs)
 
 
 def test_plot_draws_a_dot_per_training_run_and_iqr_bars():
