@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import gc
-import inspect
 import math
 import os
 import platform
@@ -185,7 +184,10 @@ def torch_runner(model, imgsz: int | tuple[int, int] = 640, device: str = "cpu",
     h, w = (imgsz, imgsz) if isinstance(imgsz, int) else imgsz
     net = copy.deepcopy(model).float().to(device).eval()
     if fuse and hasattr(net, "fuse"):
-        net = net.fuse(verbose=False) if "verbose" in inspect.signature(net.fuse).parameters else net.fuse()
+        try:
+            net = net.fuse(verbose=False)  # Ultralytics models (also when wrapped as fuse(*args, **kwargs))
+        except TypeError:  # a fuse() without that argument
+            net = net.fuse()
     x = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0)).to(device)
     if half:
         net, x = net.half(), x.half()
