@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+import importlib.util
+import re
 from pathlib import Path
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
@@ -22,3 +25,40 @@ def find_model_yaml(name: str | Path) -> Path | None:
     """The shipped YAML whose file name equals ``name``'s file name, or None."""
     candidate = yaml_dir() / Path(str(name)).name
     return candidate if candidate.is_file() else None
+
+
+# The scale letter Ultralytics strips from a model file name before looking the file up
+# ('yolo11n-X.yaml' -> 'yolo11-X.yaml'); kept here so a suggestion keeps the user's scale.
+_SCALE_IN_NAME = re.compile(r"^(yolo(?:v)?\d+)([nslmx])(?=-|$)", re.IGNORECASE)
+_PREFIX = re.compile(r"^(yolo(?:v)?\d+)(?=-|$)", re.IGNORECASE)  # where a scale letter goes
+
+
+def official_model_yamls() -> list[Path]:
+    """The model YAMLs shipped inside the installed Ultralytics package (found without importing it)."""
+    spec = importlib.util.find_spec("ultralytics")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    cfg = Path(next(iter(spec.submodule_search_locations))) / "cfg" / "models"
+    return sorted(cfg.rglob("*.yaml"))
+
+
+def suggest_model_names(name: str | Path, n: int = 3) -> list[str]:
+    """Model YAML names (ours and Ultralytics') closest to ``name``, ignoring case; best first.
+
+    A name that differs only in case gives just the real name (``yolo11n-mobilenetv4.yaml`` ->
+    ``["yolo11n-MobileNetV4.yaml"]``); otherwise up to ``n`` close spellings. The scale letter of the
+    query (``yolo11n-...``) is kept in the suggestions. Empty list when nothing is close.
+    """
+    stem = re.sub(r"\.ya?ml$", "", Path(str(name)).name, flags=re.IGNORECASE)
+    pool = {p.stem.lower(): p.stem for p in official_model_yamls()}
+    pool.update({p.stem.lower(): p.stem for p in list_model_yamls()})
+    if stem.lower() in pool:  # files whose own name carries a scale, e.g. yolov9s.yaml
+        return [f"{pool[stem.lower()]}.yaml"]
+    scale, match = "", _SCALE_IN_NAME.match(stem)
+    if match:  # look up 'yolo11-x' for 'yolo11n-x', as Ultralytics does
+        scale, stem = match.group(2).lower(), match.group(1) + stem[match.end():]
+    key = stem.lower()
+    found = [pool[key]] if key in pool else [pool[k] for k in difflib.get_close_matches(key, list(pool), n, 0.6)]
+    if scale:
+        found = [f if _SCALE_IN_NAME.match(f) else _PREFIX.sub(rf"\g<1>{scale}", f, count=1) for f in found]
+    return [f"{f}.yaml" for f in found]
