@@ -16,9 +16,19 @@ def yaml_dir() -> Path:
     return installed if installed.is_dir() else _PACKAGE_DIR.parent / "yaml"
 
 
-def list_model_yamls() -> list[Path]:
-    """All shipped model YAML files, sorted by name."""
-    return sorted(yaml_dir().glob("*.yaml"))
+# Ultralytics guesses a model's task from these file-name tokens (and from the head; our YAMLs agree).
+_TASK_TOKENS = (("-seg", "segment"), ("-cls", "classify"), ("-pose", "pose"), ("-obb", "obb"))
+
+
+def yaml_task(name: str | Path) -> str:
+    """The task a model YAML's file name says: detect, segment, classify, pose or obb."""
+    stem = Path(str(name)).stem
+    return next((task for token, task in _TASK_TOKENS if token in stem), "detect")
+
+
+def list_model_yamls(task: str | None = None) -> list[Path]:
+    """Shipped model YAML files, sorted by name; only those of ``task`` (e.g. "detect") if given."""
+    return sorted(p for p in yaml_dir().glob("*.yaml") if task is None or yaml_task(p) == task)
 
 
 def find_model_yaml(name: str | Path) -> Path | None:
