@@ -89,7 +89,7 @@ def test_activate_is_idempotent():
 
 
 def test_shipped_yamls_resolve_by_bare_name_from_any_directory(tmp_path):
-    names = [p.name for p in list_model_yamls()]
+    names = [p.name for p in list_model_yamls("detect")]
     assert names, "no model YAMLs shipped in yaml/"
     scaled = [n.replace("yolo11-", "yolo11n-").replace("yolov5-", "yolov5n-") for n in names]
     code = textwrap.dedent(f"""
