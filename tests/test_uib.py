@@ -94,7 +94,81 @@ def test_c3_uib_structure_and_channels():
     assert len(m.m) == 3 and all(isinstance(b, UniversalInvertedBottleneck) for b in m.m)
     assert all(b.form == "ExtraDW" and b.add for b in m.m)
     assert m.cv1.conv.out_channels == m.cv2.conv.out_channels == 32
+    for b in m.m:  # the tutorial's block: dw 3x3 -> 1x1 (expansion 1) -> dw 3x3 -> 1x1
+        assert b.start_dw.conv.kernel_size == b.mid_dw.conv.kernel_size == (3, 3)
+        assert b.expand.conv.out_channels == b.project.conv.in_channels == 32
+        assert isinstance(b.expand.act, nn.SiLU) and isinstance(b.mid_dw.act, nn.SiLU)
     assert m(torch.randn(1, 32, 16, 16)).shape == (1, 64, 16, 16)
+
+
+def test_c3_uib_default_block_is_lighter_than_c3s_bottleneck():
+    from ultralytics.nn.modules.block import Bottleneck
+
+    c = 64
+    uib = C3_UIB(c, 2 * c, n=1).m[0]
+    weights = sum(p.numel() for p in uib.parameters())
+    assert weights == 2 * c * c + 18 * c + 4 * 2 * c  # two 1x1, two 3x3 depthwise, four BNs
+    c3_bottleneck = Bottleneck(c, c, True, 1, k=((1, 1), (3, 3)), e=1.0)  # what C3 runs on the same half
+    assert weights < 0.25 * sum(p.numel() for p in c3_bottleneck.parameters())
+    heavy = C3_UIB(c, 2 * c, n=1, expand_ratio=4).m[0]  # MobileNetV4's usual ratio: the former default
+    assert heavy.expand.conv.out_channels == 4 * c
+    assert sum(p.numel() for p in heavy.parameters()) > 3 * weights
+
+
+def test_c3_uib_expand_ratio_is_the_fifth_yaml_argument():
+    reg = lookup("C3_UIB")
+    ctx = LayerContext(
+        index=3, source=-1, repeats=1, ch=[3, 64], prev_c2=64, width=1.0, depth=1.0, max_channels=1024, nc=80,
+        scale=None,
+    )
+    resolved = reg.rule.resolve([64, True, 1, 0.5, 4], ctx)
+    assert resolved.args == [64, 64, 1, True, 1, 0.5, 4]
+    m = reg.cls(*resolved.args)
+    assert m.m[0].expand.conv.out_channels == 4 * 32 and m.m[0].add
+    assert reg.cls(*reg.rule.resolve([64, True], ctx).args).m[0].expand.conv.out_channels == 32
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, "four", True, None])
+def test_c3_uib_bad_expand_ratio_is_one_bilingual_line(bad):
+    with pytest.raises(ValueError) as e:
+        C3_UIB(16, 16, 1, True, 1, 0.5, bad)
+    message = str(e.value)
+    assert "\n" not in message and " | " in message
+    zh, en = message.split(" | ")
+    assert "扩张比例" in zh and repr(bad) in zh
+    assert f"expand_ratio (5th YAML argument) must be a positive number, got {bad!r}" in en and "valid:" in en
+
+
+OLD_DEFAULT_YAML = """
+nc: 2
+backbone:
+  - [-1, 1, Conv, [16, 3, 2]]
+  - [-1, 1, C3_UIB, [32, True, 1, 0.5, 4]]  # expansion 4: what C3_UIB built before the default became 1
+  - [-1, 1, Conv, [32, 3, 2]]
+  - [-1, 1, Conv, [32, 3, 2]]
+head:
+  - [[1, 2, 3], 1, Detect, [nc]]
+"""
+
+
+def test_checkpoint_with_expansion_4_blocks_still_loads(tmp_path):
+    """Checkpoints pickle the module objects, so a model saved when expansion 4 was the default comes back
+    with its own 4x blocks and the same outputs, whatever the default is now."""
+    import copy
+
+    from ultralytics import YOLO
+
+    (tmp_path / "old.yaml").write_text(OLD_DEFAULT_YAML)
+    torch.manual_seed(0)
+    yolo = YOLO(str(tmp_path / "old.yaml"))
+    torch.save({"model": copy.deepcopy(yolo.model).half(), "train_args": {}}, tmp_path / "old.pt")  # as trainers do
+    reference = copy.deepcopy(yolo.model).half().float().eval()  # the checkpoint stores fp16
+    loaded = YOLO(str(tmp_path / "old.pt")).model.float().eval()
+    block = next(m for m in loaded.modules() if isinstance(m, C3_UIB))
+    assert block.m[0].expand.conv.out_channels == 4 * 16
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x)[0], reference(x)[0])
 
 
 def test_c3_uib_shortcut_really_adds_the_input():
