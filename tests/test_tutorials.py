@@ -84,7 +84,8 @@ def test_tutorial_yolov5_c3_uib_yaml_verbatim_builds_and_runs(tmp_path):
     assert sum(isinstance(m, C3_UIB) for m in model.model) == 8
     # anchors are ignored: the anchor-free Ultralytics 8.x head, i.e. the same model as our shipped YAML
     shipped = YOLO("yolov5n-C3_UIB.yaml").model
-    assert [tuple(v.shape) for v in model.state_dict().values()] == [tuple(v.shape) for v in shipped.state_dict().values()]
+    shapes = [tuple(v.shape) for v in model.state_dict().values()]
+    assert shapes == [tuple(v.shape) for v in shipped.state_dict().values()]
     model.eval()
     with torch.no_grad():
         out = model(torch.rand(1, 3, 64, 64))[0]
