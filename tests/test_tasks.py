@@ -23,7 +23,9 @@ import make_dataset  # noqa: E402
 
 TASK_OF_TOKEN = {"seg": "segment", "pose": "pose", "obb": "obb", "cls": "classify"}
 HEAD_OF_TASK = {"segment": "Segment", "pose": "Pose", "obb": "OBB", "classify": "Classify"}
-MODEL_CLASS = {"segment": "SegmentationModel", "pose": "PoseModel", "obb": "OBBModel", "classify": "ClassificationModel"}
+MODEL_CLASS = {
+    "segment": "SegmentationModel", "pose": "PoseModel", "obb": "OBBModel", "classify": "ClassificationModel",
+}
 BACKBONES = ("MobileNetV4", "EfficientNetV2")
 TASK_YAMLS = [f"yolo11-{token}-{b}.yaml" for token in TASK_OF_TOKEN for b in BACKBONES]
 
