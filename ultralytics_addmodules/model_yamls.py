@@ -72,3 +72,33 @@ def suggest_model_names(name: str | Path, n: int = 3) -> list[str]:
     if scale:
         found = [f if _SCALE_IN_NAME.match(f) else _PREFIX.sub(rf"\g<1>{scale}", f, count=1) for f in found]
     return [f"{f}.yaml" for f in found]
+
+
+def pin_c3_uib_expansion(model) -> int:
+    """Write each C3_UIB's real UIB expansion into ``model.yaml`` where the YAML line leaves it to the default.
+
+    Checkpoints pickle the module objects, so a model saved when the default expansion was 4 still loads and
+    predicts as saved. But fine-tuning or resuming rebuilds the model from ``model.yaml`` and copies the
+    weights over by shape: without the expansion written in, the rebuilt blocks would use today's default
+    (1) and the UIB weights would be dropped. Call this on a loaded checkpoint's model (and EMA) before any
+    rebuild. Returns the number of YAML lines changed (0 for models saved with the current default).
+    """
+    from .nn.common import round_channels
+    from .nn.uib import C3_UIB
+    from .registry import lookup
+
+    cfg, layers = getattr(model, "yaml", None), getattr(model, "model", None)
+    if not isinstance(cfg, dict) or layers is None:
+        return 0
+    changed, index = 0, 0
+    for line in list(cfg.get("backbone", [])) + list(cfg.get("head", [])):
+        name, args = line[2], line[3]
+        if name == "C3_UIB" and index < len(layers) and isinstance(layers[index], C3_UIB) and len(args) < 5:
+            block = layers[index]
+            c_, hidden = block.cv1.conv.out_channels, block.m[0].expand.conv.out_channels
+            if hidden != round_channels(c_ * 1.0):  # not what the current default (expansion 1) builds
+                line[3] = [*args, *[True, 1, 0.5][len(args) - 1:], hidden / c_]  # c2, shortcut, g, e, ratio
+                changed += 1
+        reg = lookup(name) if isinstance(name, str) else None
+        index += 1 + (4 if reg is not None and reg.rule.multi_output else 0)  # a backbone line is 5 layers
+    return changed
