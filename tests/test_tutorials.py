@@ -75,7 +75,6 @@ def params_and_gflops(name: str) -> tuple[int, float]:
     return get_num_params(model), get_flops(model, 640)
 
 
-@pytest.mark.xfail(strict=True, reason="parser support for anchors: lead")
 def test_tutorial_yolov5_c3_uib_yaml_verbatim_builds_and_runs(tmp_path):
     path = tmp_path / "yolov5n-C3_UIB-tutorial.yaml"
     path.write_text(TUTORIAL_YOLOV5N_C3_UIB)

@@ -8,7 +8,7 @@ from torch import nn
 
 from ultralytics_addmodules.nn.common import fuse_modules
 from ultralytics_addmodules.nn.uib import C3_UIB, LayerScale2d, UniversalInvertedBottleneck
-from ultralytics_addmodules.registry import LayerContext, ScaledOutput, lookup
+from ultralytics_addmodules.registry import LayerContext, ModelContext, ScaledOutput, lookup
 
 
 def zero_branch_(uib: UniversalInvertedBottleneck) -> None:
@@ -117,10 +117,8 @@ def test_c3_uib_default_block_is_lighter_than_c3s_bottleneck():
 
 def test_c3_uib_expand_ratio_is_the_fifth_yaml_argument():
     reg = lookup("C3_UIB")
-    ctx = LayerContext(
-        index=3, source=-1, repeats=1, ch=[3, 64], prev_c2=64, width=1.0, depth=1.0, max_channels=1024, nc=80,
-        scale=None,
-    )
+    model = ModelContext(nc=80, width=1.0, depth=1.0, max_channels=1024, scale=None)
+    ctx = LayerContext(index=3, source=-1, repeats=1, ch=[3, 64], prev_c2=64, model=model)
     resolved = reg.rule.resolve([64, True, 1, 0.5, 4], ctx)
     assert resolved.args == [64, 64, 1, True, 1, 0.5, 4]
     m = reg.cls(*resolved.args)
@@ -235,10 +233,8 @@ def test_c3_uib_registered_like_c3():
     reg = lookup("C3_UIB")
     assert reg is not None and reg.cls is C3_UIB
     assert isinstance(reg.rule, ScaledOutput) and reg.rule.repeats_in_args
-    ctx = LayerContext(
-        index=5, source=-1, repeats=2, ch=[3, 64], prev_c2=64, width=0.25, depth=0.5, max_channels=1024, nc=80,
-        scale="n",
-    )
+    model = ModelContext(nc=80, width=0.25, depth=0.5, max_channels=1024, scale="n")
+    ctx = LayerContext(index=5, source=-1, repeats=2, ch=[3, 64], prev_c2=64, model=model)
     resolved = reg.rule.resolve([256, False], ctx)
     assert resolved.args == [64, 64, 2, False] and resolved.c2 == 64 and resolved.repeats == 1
     m = reg.cls(*resolved.args)
