@@ -114,6 +114,7 @@ def main(argv=None) -> None:
                 fn(label)
                 if r >= 2:
                     times[(label, kind)].append(time.perf_counter() - t)
+        print(f"round {r + 1}/{args.rounds + 2} done after {(time.time() - started) / 60:.1f} min", file=sys.stderr)
     load = os.getloadavg()[0]
     minutes = (time.time() - started) / 60
 
