@@ -29,6 +29,7 @@ Nothing else in the package knows how Ultralytics is patched.
 
 from __future__ import annotations
 
+import errno
 import functools
 import inspect
 import pickle
@@ -444,6 +445,8 @@ def _check_requirements(requirements=(), *args, **kwargs):
 
 def _is_corrupt_file_error(e: Exception) -> bool:
     if isinstance(e, (EOFError, pickle.UnpicklingError, zipfile.BadZipFile)):
+        return True
+    if isinstance(e, OSError) and e.errno == errno.EINVAL:  # torch's zip reader seeking past a truncated end
         return True
     return isinstance(e, RuntimeError) and any(s in str(e) for s in ("PytorchStreamReader", "zip archive"))
 
