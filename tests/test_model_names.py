@@ -77,7 +77,6 @@ def test_train_script_model_not_found_is_one_bilingual_line(model, fragments, ca
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="lead: wire suggest_model_names into Ultralytics' YAML lookup (patch.py)")
 def test_yolo_api_suggests_the_real_name():
     from ultralytics import YOLO
 
