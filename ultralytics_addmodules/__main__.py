@@ -13,6 +13,7 @@ import sys
 # name -> (module inside this package, one-line help)
 SUBCOMMANDS = {
     "compare": ("compare", "compare model YAMLs: params, GFLOPs, latency, mAP (table + Pareto plot)"),
+    "deploy-check": ("deploy", "will it deploy? export to ONNX/OpenVINO/NCNN/TFLite/TorchScript, parity, speed"),
 }
 
 
