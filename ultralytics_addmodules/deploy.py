@@ -237,10 +237,13 @@ def write_csv(results: list[FormatResult], path: Path) -> None:
 # --- command line -------------------------------------------------------------------------------------------
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     p = parser or argparse.ArgumentParser(prog=f"python -m ultralytics_addmodules {COMMAND}")
-    p.description = bilingual(
-        "部署检查：把模型导出到各个格式，与 PyTorch 比较输出（fp32 和 fp16），并与同一格式的官方 YOLO11n 交替测速。",
-        "Will it deploy? Export the model to each format, compare its output with PyTorch (fp32 and fp16) and "
-        "time it against stock YOLO11n in the same format, interleaved.")
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.description = (
+        "部署检查：把模型导出到各个格式，与 PyTorch 比较输出（fp32 和 fp16），并与同一格式的官方 YOLO11n 交替测速；\n"
+        "未安装的转换器会列出安装命令。结果：屏幕上的表格，runs/deploy-check/N/deploy_check.csv。\n\n"
+        "Will it deploy? Export the model to each format, compare its output with PyTorch (fp32 and fp16) and\n"
+        "time it against stock YOLO11n in the same format, interleaved; missing converters are listed with their\n"
+        "pip command. Output: a table on screen and runs/deploy-check/N/deploy_check.csv.")
     p.add_argument("model", help=bilingual("模型 YAML（可直接写自带 YAML 的文件名）或 .pt", "model YAML (bare names "
                                            "of shipped YAMLs work) or .pt"))
     p.add_argument("--imgsz", type=int, default=320, help=bilingual("图像尺寸（32 的倍数）", "image size (multiple of "
