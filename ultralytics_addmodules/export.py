@@ -231,8 +231,40 @@ __all__ = [
     "missing_modules",
     "pnnx_dir",
     "prepare_export",
+    "quantize_onnx_int8",
     "read_tflite_metadata",
     "onnx2tf_sample_data",
     "without_requirement",
     "write_tflite_metadata",
 ]
+
+
+def quantize_onnx_int8(onnx_file: str | Path, images: list, output: str | Path) -> Path:
+    """Static INT8 quantisation of an exported YOLO ONNX model for ONNX Runtime (QDQ, per-channel weights).
+
+    ``images`` are calibration inputs (float32 NCHW arrays in [0, 1], the model's input size). The Detect head's
+    box decoding (everything in the last layer except its convolutions' inputs) stays float: coordinates of up
+    to hundreds of pixels in 8 bits would move boxes by whole pixels (Ultralytics' OpenVINO INT8 export leaves
+    the same operations out).
+    """
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    graph = onnx.load(str(onnx_file)).graph
+    last = max((n.name.split("/")[1] for n in graph.node if n.name.startswith("/model.")),
+               key=lambda s: int(s.split(".")[1]))
+    head = [n.name for n in graph.node if n.name.startswith(f"/{last}/") and
+            (n.op_type != "Conv" or "/dfl/" in n.name)]
+    name = graph.input[0].name
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter(images)
+
+        def get_next(self):
+            x = next(self.batches, None)
+            return None if x is None else {name: x}
+
+    quantize_static(str(onnx_file), str(output), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=head)
+    return Path(output)

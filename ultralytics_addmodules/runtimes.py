@@ -55,6 +55,9 @@ def _onnx(path: Path, threads: int) -> Runner:
 
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    # ONNX Runtime's worker threads spin after each run by default, taking the cores from whatever runs next
+    # (another runtime timed interleaved, the rest of the application); let them sleep instead.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return lambda x: session.run(None, {name: x})[0]
