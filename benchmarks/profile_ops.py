@@ -3,6 +3,7 @@
     python benchmarks/profile_ops.py                                     # yolo11n vs yolo11n-MobileNetV4, 640
     python benchmarks/profile_ops.py --imgsz 320 --opsets 9 17           # also compare ONNX opsets
 
+With ``--latency-runs`` (default 30) every (model, opset) session is also timed interleaved (measure.py).
 For each model: total milliseconds per operator type over ``--runs`` forward passes (after warm-up), divided by
 the number of runs, and the share of the model's time. PyTorch uses ``torch.profiler`` (CPU ops, self time);
 ONNX Runtime its own node profiler (``enable_profiling``; node times, graph optimised at the default level).
@@ -85,6 +86,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--opsets", type=int, nargs="+", default=None, help="ONNX opsets (default: the export default)")
     ap.add_argument("--top", type=int, default=12, help="operator rows per table")
+    ap.add_argument("--latency-runs", type=int, default=30,
+                    help="also time every (model, opset) in ONNX Runtime interleaved (0: skip)")
     args = ap.parse_args(argv)
 
     import numpy as np
@@ -93,12 +96,15 @@ def main(argv=None) -> int:
 
     import ultralytics_addmodules  # noqa: F401
     from ultralytics_addmodules.deploy import working_directory
+    from ultralytics_addmodules.cli import markdown_table
     from ultralytics_addmodules.export import DEFAULT_ONNX_OPSET
+    from ultralytics_addmodules.measure import measure_latency
+    from ultralytics_addmodules.runtimes import load_runtime
 
     torch.set_num_threads(args.threads)
     x = np.random.default_rng(0).random((1, 3, args.imgsz, args.imgsz), dtype=np.float32)
     opsets = args.opsets or [DEFAULT_ONNX_OPSET]
-    pt, ort_profiles = {}, {}
+    pt, ort_profiles, sessions = {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for name in args.models:
@@ -107,10 +113,16 @@ def main(argv=None) -> int:
             for opset in opsets:
                 with working_directory(tmp / f"opset{opset}"):
                     onnx_file = Path(yolo.export(format="onnx", imgsz=args.imgsz, opset=opset)).resolve()
-                ort_profiles[f"{Path(name).stem} opset {opset}"] = ort_profile(onnx_file, x, args.runs,
-                                                                               args.threads, tmp)
+                key = f"{Path(name).stem} opset {opset}"
+                ort_profiles[key] = ort_profile(onnx_file, x, args.runs, args.threads, tmp)
+                sessions[key] = load_runtime("onnx", onnx_file, args.threads)
     print(show(f"PyTorch fused, {args.imgsz}x{args.imgsz}, {args.threads} threads", pt, args.top))
     print(show(f"ONNX Runtime, {args.imgsz}x{args.imgsz}, {args.threads} threads", ort_profiles, args.top))
+    if args.latency_runs:
+        stats = measure_latency({k: (lambda run=run: run(x)) for k, run in sessions.items()}, warmup=5,
+                                runs=args.latency_runs, threads=args.threads)
+        print(f"\n### ONNX Runtime latency, interleaved ({args.latency_runs} rounds)\n")
+        print(markdown_table(["model / opset", "ms (IQR)"], [[k, v.cell(2)] for k, v in stats.items()]))
     return 0
 
 
