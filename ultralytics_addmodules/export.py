@@ -31,9 +31,10 @@ from .messages import bilingual
 
 # ONNX opset of our exports unless the user gives one (docs/benchmarks.md, "ONNX opset"). Ultralytics 8.3.0 asks
 # torch for its newest opset minus one, which torch 2.14 answers with 9 (deprecated Upsample). From opset 13 on,
-# DFL's softmax over dim 1 is exported as Softmax(axis=1), which ONNX Runtime runs on a non-last axis about 3x
-# slower than the Transpose + last-axis Softmax that opsets <= 12 produce; the rest of the graph is the same.
-# 12 is the newest opset without that cost, and every shipped YAML exports with parity (tests/test_export.py).
+# DFL's softmax over dim 1 is exported as Softmax(axis=1), which ONNX Runtime runs on a non-last axis slower
+# than the Transpose + last-axis Softmax + Transpose that opsets <= 12 produce (per-op profile); the rest of the
+# graph is the same. 12 is the newest opset without that cost, and every shipped YAML exports with parity
+# (tests/test_export.py).
 DEFAULT_ONNX_OPSET = 12
 
 # Formats 8.3.0 builds from an ONNX export (so the opset matters) and formats built through TensorFlow.
