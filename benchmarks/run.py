@@ -379,6 +379,7 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", type=int, help="timed rounds (default 20; 3 with --quick)")
     ap.add_argument("--warmup", type=int, help="warm-up rounds (default 5; 1 with --quick)")
     ap.add_argument("--no-accuracy", action="store_true", help="skip training and mAP (latency only)")
+    ap.add_argument("--no-latency", action="store_true", help="skip the latency tables (accuracy only)")
     ap.add_argument("--epochs", type=int, default=15, help="training epochs for the accuracy models")
     ap.add_argument("--acc-imgsz", type=int, default=160, help="training and validation image size for accuracy")
     ap.add_argument("--val-images", type=int, default=400, help="images in the generated validation set")
@@ -424,7 +425,7 @@ def main(argv=None) -> int:
                   f"{args.weights_dir}) ...", flush=True)
             weights = {m: trained_weights(m, args.epochs, args.acc_imgsz, args.weights_dir, args.threads)
                        for m in acc_models}
-        for imgsz in sizes:
+        for imgsz in [] if args.no_latency else sizes:
             results = measure_latency_table(models, imgsz, runtimes, args.threads, warmup, runs,
                                             str(BUNDLED_DATA), tmp / "latency", weights)
             sections.append(f"### Latency at {imgsz}x{imgsz} (ms, median and IQR; x = ratio to stock YOLO11 of "
