@@ -93,3 +93,21 @@ def randomize_and_calibrate_(model: torch.nn.Module, seed: int = 0) -> torch.nn.
         for _ in range(2):
             model(torch.randn(4, 3, 64, 96, generator=g))
     return model.eval()
+
+
+def release() -> tuple[int, int]:
+    """(major, minor) of the installed Ultralytics."""
+    import ultralytics
+
+    from ultralytics_addmodules.compat import version_tuple
+
+    return version_tuple(ultralytics.__version__)[:2]
+
+
+def needs_newer_release(yaml_path: Path) -> bool:
+    """Whether a shipped model YAML needs a newer Ultralytics than the installed one (YOLO12/YOLO26 need 8.4)."""
+    import yaml
+
+    d = yaml.safe_load(Path(yaml_path).read_text())
+    uses_84 = "end2end" in d or any(row[2] == "A2C2f" for row in d["backbone"] + d["head"])
+    return uses_84 and release() < (8, 4)

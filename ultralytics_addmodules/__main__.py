@@ -14,6 +14,7 @@ import sys
 SUBCOMMANDS = {
     "compare": ("compare", "compare model YAMLs: params, GFLOPs, latency, mAP (table + Pareto plot)"),
     "deploy-check": ("deploy", "will it deploy? export to ONNX/OpenVINO/NCNN/TFLite/TorchScript, parity, speed"),
+    "check": ("dataset_check", "检查数据集 | check a dataset: YAML, names, classes.txt, labels, every image"),
 }
 
 

@@ -124,6 +124,12 @@ def _training_data(model) -> str | None:
     return None
 
 
+def _is_ultralytics_83() -> bool:
+    import ultralytics
+
+    return ultralytics.__version__.startswith("8.3.")
+
+
 def prepare_export(model, kwargs: dict) -> dict:
     """Validate an export request and fill in our defaults; returns the arguments to pass on.
 
@@ -150,6 +156,8 @@ def prepare_export(model, kwargs: dict) -> dict:
             "请用 optimize=False 导出，或换用带 XNNPACK 的 torch",
             "optimize=True (mobile optimisation) needs a torch build with XNNPACK, and this torch build has "
             "none; export with optimize=False, or use a torch build with XNNPACK"))
+    if not _is_ultralytics_83():  # the defaults below fix 8.3.0's; newer releases choose their own
+        return kwargs
     if fmt in ONNX_BASED_FORMATS and kwargs.get("opset") is None:
         kwargs["opset"] = DEFAULT_ONNX_OPSET
     if kwargs.get("int8") and fmt in INT8_FORMATS and not kwargs.get("data"):
