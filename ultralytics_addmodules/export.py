@@ -262,7 +262,15 @@ def quantize_onnx_int8(onnx_file: str | Path, images: list, output: str | Path) 
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    graph = onnx.load(str(onnx_file)).graph
+    model = onnx.load(str(onnx_file))
+    if next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) < 13:
+        # per-channel QuantizeLinear/DequantizeLinear (their axis attribute) need opset 13
+        from onnx import version_converter
+
+        model = version_converter.convert_version(model, 13)
+        onnx_file = Path(output).with_name(Path(output).stem + "_opset13.onnx")
+        onnx.save(model, str(onnx_file))
+    graph = model.graph
     last = max((n.name.split("/")[1] for n in graph.node if n.name.startswith("/model.")),
                key=lambda s: int(s.split(".")[1]))
     head = [n.name for n in graph.node if n.name.startswith(f"/{last}/") and
