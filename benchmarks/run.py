@@ -24,9 +24,7 @@ two halves (split-half); the difference between two variants of the same model i
 from __future__ import annotations
 
 import argparse
-import copy
 import json
-import math
 import os
 import platform
 import re
@@ -61,11 +59,7 @@ def default_models(scales=("n", "s")) -> list[str]:
     """Stock YOLO11 and every shipped detection YAML, at each scale."""
     from ultralytics_addmodules.model_yamls import list_model_yamls
 
-    try:
-        yamls = list_model_yamls("detect")
-    except TypeError:  # before task-specific YAMLs existed
-        yamls = list_model_yamls()
-    names = ["yolo11.yaml"] + [p.name for p in yamls]
+    names = ["yolo11.yaml"] + [p.name for p in list_model_yamls("detect")]  # trained on a detection set
     return [scaled(n, s) for s in scales for n in names]
 
 
