@@ -64,9 +64,14 @@ def offline(monkeypatch):
 
 
 def random_model(name: str, seed: int = 0) -> YOLO:
+    """Random informative weights; class biases zeroed (instead of the prior of about -10) so scores spread and
+    predict() returns boxes to compare."""
     torch.manual_seed(seed)
     yolo = YOLO(name)
     informative_random_weights_(yolo.model, seed)
+    with torch.no_grad():
+        for branch in yolo.model.model[-1].cv3:
+            branch[-1].bias.zero_()
     return yolo
 
 

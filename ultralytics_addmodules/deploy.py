@@ -8,7 +8,7 @@ A table on screen, ``deploy_check.csv`` and the exported files in ``runs/deploy-
 
 Errors are relative to the output's scale: ``max |exported - pytorch| / max |pytorch|``, separately for the box
 rows and the class-score rows of the Detect output. A YAML has no trained weights, so the check gives it random
-weights with BatchNorm statistics measured on random images and an unsaturated head (the output then varies with
+weights with BatchNorm statistics measured on random images and a damped head (the output then varies with
 the input as a trained detector's does; a freshly initialised model answers almost the same for every image,
 so parity would prove nothing).
 """
@@ -69,8 +69,8 @@ def load_model(spec: str):
 
 
 def informative_random_weights_(model, seed: int = 0) -> None:
-    """BatchNorm statistics measured on random images (features O(1)), box logits damped and class biases zeroed
-    (neither softmax nor sigmoid saturated): a random model whose output depends on its input, for parity checks."""
+    """BatchNorm statistics measured on random images (features O(1)) and the head's last convolutions damped:
+    a random model whose output depends on its input, for parity checks."""
     import torch
 
     g = torch.Generator().manual_seed(seed)
@@ -85,10 +85,8 @@ def informative_random_weights_(model, seed: int = 0) -> None:
         for _ in range(2):
             model(torch.rand(4, 3, 64, 64, generator=g))
         head = model.model[-1]
-        for branch in getattr(head, "cv2", ()):  # box logits small: DFL's softmax not saturated
+        for branch in (*getattr(head, "cv2", ()), *getattr(head, "cv3", ())):  # softmax / sigmoid not saturated
             branch[-1].weight.mul_(0.1)
-        for branch in getattr(head, "cv3", ()):  # class bias 0 instead of the prior of about -10: scores spread
-            branch[-1].bias.zero_()
     model.eval()
 
 
