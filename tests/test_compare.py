@@ -231,9 +231,10 @@ def test_compare_and_benchmarks_give_the_same_latency_within_their_spread(tmp_pa
     settings = {"warmup": 3, "threads": 1}
     (row,) = compare_models(["yolo11n.yaml"], imgsz=64, runs=25, save_dir=tmp_path / "compare", progress=False,
                             **settings)
-    info = bench.measure_latency(["yolo11n.yaml"], 64, repeats=25, workdir=tmp_path, **settings)["yolo11n.yaml"]
-    ours, theirs = row.cpu, info["pt_ms_stats"]
-    assert ours.n == theirs.n == 25 and info["pt_ms"] == theirs.median_ms
+    table = bench.measure_latency_table(["yolo11n.yaml"], 64, ["pytorch"], runs=25, calib_data="", workdir=tmp_path,
+                                        weights={}, **settings)
+    ours, theirs = row.cpu, table[("yolo11n.yaml", "pytorch")]
+    assert ours.n == theirs.n == 25
     # the two medians differ by less than the two stated spreads together (the runs are minutes apart on a
     # shared machine, so not interleaved with each other); before measure.py they differed up to 30-fold
     assert abs(ours.median_ms - theirs.median_ms) <= ours.iqr_ms + theirs.iqr_ms, (ours, theirs)
