@@ -25,7 +25,7 @@ ort = pytest.importorskip("onnxruntime")
 
 YAMLS = [p.name for p in list_model_yamls()]
 # Exported outputs are compared with PyTorch float32 within a stated factor of float32's own rounding noise,
-# measured on the same inputs (helpers.assert_matches_float32_reference, EXPORT_NOISE_FACTOR). The models have
+# measured on the same inputs (helpers.assert_matches_float32_reference, NOISE_FACTOR). The models have
 # random weights with calibrated BatchNorm statistics (a default-initialised model gives nearly the same output
 # for every input, so parity would prove nothing); such random networks are ill-conditioned: float32 PyTorch
 # itself differs from float64 by up to ~0.01 px at 64x64 for EfficientNetV2. A real export error (padding,
