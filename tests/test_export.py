@@ -23,7 +23,7 @@ from ultralytics_addmodules.model_yamls import list_model_yamls
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-YAMLS = [p.name for p in list_model_yamls()]
+YAMLS = [p.name for p in list_model_yamls("detect")]  # the checks below read Detect outputs
 # Exported outputs are compared with PyTorch float32 within a stated factor of float32's own rounding noise,
 # measured on the same inputs (helpers.assert_matches_float32_reference, NOISE_FACTOR). The models have
 # random weights with calibrated BatchNorm statistics (a default-initialised model gives nearly the same output
