@@ -163,8 +163,8 @@ def test_corrupt_and_truncated_checkpoint_errors_name_the_file(tmp_path):
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"\x00this is not a checkpoint" * 64)
-    for bad in (truncated, garbage):
-        with pytest.raises(RuntimeError, match=re.escape(bad.name)) as e:
+    for bad in (truncated, garbage):  # the stock exception types (RuntimeError, UnpicklingError, ...), clearer text
+        with pytest.raises(Exception, match=re.escape(bad.name)) as e:
             YOLO(str(bad))
         assert "corrupt or truncated" in str(e.value)
 
