@@ -157,6 +157,7 @@ def assert_close_to_scale(actual, ref, rel: float, what: str = "output", min_sca
         assert error <= bound, (f"{name}: max |actual - ref| = {error:.3g} exceeds the bound {bound:.3g} = {rel:g} x "
                                 f"reference scale max|ref| {scale:.3g} (relative error {error / scale:.3g})")
         worst = max(worst, error / scale if scale else 0.0)
+    print(f"{what}: worst relative error {worst:.3g} (bound {rel:g} x max|ref|)")  # shown with -s: the margin
     return worst
 
 
