@@ -26,7 +26,16 @@ timm = pytest.importorskip("timm")
 torchvision = pytest.importorskip("torchvision")
 from timm.models import efficientnet as timm_effnet  # noqa: E402
 
-from helpers import randomize_and_calibrate_, train_one_step  # noqa: E402
+from helpers import (  # noqa: E402
+    FUSE_REL,
+    PARITY_REL,
+    Float32Reference,
+    assert_close_to_scale,
+    assert_matches_float32_reference,
+    make_mistake_,
+    randomize_and_calibrate_,
+    train_one_step,
+)
 
 VERSIONS = [(EfficientNetV1, v) for v in EFFICIENTNET_V1] + [(EfficientNetV2, v) for v in EFFICIENTNET_V2]
 BIG = {"efficientnet-b6", "efficientnet-b7", "efficientnet-b8", "efficientnet-l2", "efficientnet_v2_l",
@@ -116,13 +125,6 @@ def test_every_version_and_width_builds_and_runs(cls, version, width):
 # ---------------------------------------------------------------------------------------------------------
 # Weights: timm and torchvision
 # ---------------------------------------------------------------------------------------------------------
-def compare_features(expected, got, tol=1e-4):
-    assert [t.shape for t in got] == [t.shape for t in expected]
-    for e, o in zip(expected, got):
-        assert e.abs().max() > 0.1  # the comparison is not between two near-zero maps
-        assert (e - o).abs().max() < tol
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "cls,version",
@@ -139,7 +141,7 @@ def test_same_features_as_timm_with_its_weights(cls, version, tmp_path):
     assert report.architecture == f"timm:{spec_of(cls, version).timm_name}"
     x = torch.randn(2, 3, 64, 96)
     with torch.no_grad():
-        compare_features(ref(x), ours(x))
+        assert_close_to_scale(ours(x), ref(x), PARITY_REL, f"{version} features vs timm", min_scale=0.1)
 
 
 def torchvision_features(model: nn.Module, x: torch.Tensor, channels: list[int]) -> list[torch.Tensor]:
@@ -161,8 +163,8 @@ def torchvision_features(model: nn.Module, x: torch.Tensor, channels: list[int])
 def test_same_features_as_torchvision_with_its_weights(cls, version, tv_name, tmp_path):
     """torchvision V2 (and B5-B7) use BatchNorm eps 1e-3 against our 1e-5. The conversion adds the
     difference to running_var, so var + eps, and the eval output, are the source's. What remains is float32
-    rounding of var + 0.00099 (relative 1e-7 per BatchNorm), hence a tolerance relative to the map's scale.
-    A model built with the source's eps (bn_eps=1e-3) reproduces torchvision bit for bit."""
+    rounding of var + 0.00099 (relative 1e-7 per BatchNorm), well inside PARITY_REL; a model built with the
+    source's eps (bn_eps=1e-3) reproduces torchvision too. Without the correction the same bound fails."""
     torch.manual_seed(0)
     ref = randomize_and_calibrate_(torchvision.models.get_model(tv_name, weights=None))
     path = tmp_path / "torchvision.pth"
@@ -174,20 +176,18 @@ def test_same_features_as_torchvision_with_its_weights(cls, version, tv_name, tm
     expected = torchvision_features(ref, x, ours.out_channels)
     with torch.no_grad():
         got = ours(x)
-    for e, o in zip(expected, got):
-        assert e.shape == o.shape and e.abs().max() > 0.1
-        assert (e - o).abs().max() <= 1e-5 * e.abs().max() + 1e-5
+    assert_close_to_scale(got, expected, PARITY_REL, f"{version} features vs torchvision", min_scale=0.1)
 
     same_eps = cls(version=version, bn_eps=ref.features[0][1].eps).eval()
     load_pretrained(same_eps, path, verbose=False)
     with torch.no_grad():
-        compare_features(expected, same_eps(x), tol=1e-5)
+        assert_close_to_scale(same_eps(x), expected, PARITY_REL, f"{version} with torchvision's eps")
 
-    if ref.features[0][1].eps != 1e-5:  # without the correction the features would be far off
+    if ref.features[0][1].eps != 1e-5:  # the mistake the conversion corrects: the tolerance must catch it
         uncorrected = cls(version=version).eval()
         uncorrected.load_state_dict(same_eps.state_dict())
-        with torch.no_grad():
-            assert (expected[-1] - uncorrected(x)[-1]).abs().max() > 1e-3 * expected[-1].abs().max()
+        with torch.no_grad(), pytest.raises(AssertionError, match="exceeds the bound"):
+            assert_close_to_scale(uncorrected(x), expected, PARITY_REL, f"{version} without the eps correction")
 
 
 TORCHVISION_VERSIONS = [(c, v) for c, v in VERSIONS if spec_of(c, v).torchvision_name]
@@ -294,18 +294,33 @@ def test_drop_path_rate_grows_with_depth_and_is_identity_in_eval():
             assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("cls,version", [(EfficientNetV1, "efficientnet-b0"), (EfficientNetV2, "efficientnet_v2_s")])
-def test_fuse_removes_batchnorm_and_keeps_outputs(cls, version):
+def fused_and_unfused(cls, version: str, mistake: str | None = None):
+    """Features of a random width/depth-0.5 model before and after fuse_modules(); ``mistake`` breaks the fused
+    copy the way a faulty fuse would (see helpers.make_mistake_)."""
     torch.manual_seed(0)
     model = randomize_and_calibrate_(cls(version=version, width=0.5, depth=0.5))
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
         before = model(x)
+        if mistake:
+            make_mistake_(model, mistake)
         assert fuse_modules(model) > 0
         after = model(x)
+    return model, before, after
+
+
+@pytest.mark.parametrize("cls,version", [(EfficientNetV1, "efficientnet-b0"), (EfficientNetV2, "efficientnet_v2_s")])
+def test_fuse_removes_batchnorm_and_keeps_outputs(cls, version):
+    model, before, after = fused_and_unfused(cls, version)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
-    for b, a in zip(before, after):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item())
+    assert_close_to_scale(after, before, FUSE_REL, f"{version} fused features", min_scale=0.1)
+
+
+@pytest.mark.parametrize("mistake", ["bn_dropped", "bn_eps"])
+def test_fuse_tolerance_catches_real_mistakes(mistake):
+    _, before, after = fused_and_unfused(EfficientNetV1, "efficientnet-b0", mistake)
+    with pytest.raises(AssertionError, match="exceeds the bound"):
+        assert_close_to_scale(after, before, FUSE_REL, f"efficientnet-b0 fused with {mistake}")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -327,14 +342,14 @@ def test_shipped_yaml_builds_trains_and_fuses(yaml_name, cls, args):
     assert model.model[-1].f == [12, 15, 18]
     train_one_step(model, imgsz=64, nc=80)
 
-    model.eval()
-    x = torch.rand(1, 3, 64, 64)
+    randomize_and_calibrate_(model)  # BatchNorm statistics far from their defaults: folding changes the weights
+    xs = [torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    expected = Float32Reference(model, xs)
+    fuse_modules(model)
     with torch.no_grad():
-        before = model(x)[0]
-        fuse_modules(model)
-        after = model(x)[0]
+        got = [model(x)[0] for x in xs]
     assert not any(isinstance(m, nn.BatchNorm2d) for m in backbone.modules())
-    torch.testing.assert_close(after, before, rtol=1e-3, atol=1e-3)
+    print(assert_matches_float32_reference(got, expected, "fused"))
 
 
 @pytest.mark.slow

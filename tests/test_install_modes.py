@@ -47,7 +47,8 @@ def test_install_mode(tmp_path, editable):
     build = subprocess.run([*args, str(REPO)], capture_output=True, text=True, cwd=tmp_path)
     assert build.returncode == 0, build.stderr[-3000:]
 
-    r = fresh_python(CHECK, cwd=tmp_path, python=str(python))
+    # PYTHONPATH emptied: a developer's PYTHONPATH pointing at a checkout would shadow the installed copy
+    r = fresh_python(CHECK, cwd=tmp_path, python=str(python), env={"PYTHONPATH": ""})
     assert r.returncode == 0, r.stderr[-3000:]
     result = [line.split() for line in r.stdout.splitlines() if line[:6] in ("RESULT", "YAMLS ")]
     module, location = result[0][1:]

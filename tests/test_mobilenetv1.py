@@ -18,7 +18,14 @@ from ultralytics_addmodules.weights import load_pretrained
 timm = pytest.importorskip("timm")
 from timm.models.efficientnet import _gen_mobilenet_v1  # noqa: E402
 
-from helpers import randomize_and_calibrate_, train_one_step  # noqa: E402
+from helpers import (  # noqa: E402
+    FUSE_REL,
+    PARITY_REL,
+    assert_close_to_scale,
+    make_mistake_,
+    randomize_and_calibrate_,
+    train_one_step,
+)
 
 FIXED = {MobileNetV1_n: 0.25, MobileNetV1_s: 0.5, MobileNetV1_m: 0.75}
 
@@ -60,10 +67,7 @@ def test_same_features_as_timm_with_its_weights(tmp_path):
     x = torch.randn(2, 3, 64, 96)
     with torch.no_grad():
         expected, got = ref(x), ours(x)
-    for e, o in zip(expected, got):
-        assert e.shape == o.shape
-        assert e.abs().max() > 0.1
-        assert (e - o).abs().max() < 1e-4
+    assert_close_to_scale(got, expected, PARITY_REL, "features vs timm", min_scale=0.1)
 
 
 @pytest.mark.parametrize("cls,width", [(MobileNetV1, 0.4), *FIXED.items()])
@@ -107,17 +111,33 @@ def test_full_timm_model_converts_and_wrong_width_is_rejected():
         ours.convert_state_dict(full.state_dict(), "torchvision")
 
 
-def test_fuse_removes_batchnorm_and_keeps_outputs():
+def fused_and_unfused(mistake: str | None = None):
+    """Features of a random width-0.5 model before and after fuse_modules(); ``mistake`` breaks the fused copy
+    the way a faulty fuse would: "bn_dropped" removes the middle BatchNorm instead of folding it, "bn_eps"
+    folds with eps 1e-3 instead of 1e-5."""
     torch.manual_seed(0)
     model = randomize_and_calibrate_(MobileNetV1(width=0.5))
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
         before = model(x)
+        if mistake:
+            make_mistake_(model, mistake)
         assert fuse_modules(model) > 0
         after = model(x)
+    return model, before, after
+
+
+def test_fuse_removes_batchnorm_and_keeps_outputs():
+    model, before, after = fused_and_unfused()
     assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
-    for b, a in zip(before, after):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    assert_close_to_scale(after, before, FUSE_REL, "fused features", min_scale=0.1)
+
+
+@pytest.mark.parametrize("mistake", ["bn_dropped", "bn_eps"])
+def test_fuse_tolerance_catches_real_mistakes(mistake):
+    _, before, after = fused_and_unfused(mistake)
+    with pytest.raises(AssertionError, match="exceeds the bound"):
+        assert_close_to_scale(after, before, FUSE_REL, f"fused with {mistake}")
 
 
 @pytest.mark.slow

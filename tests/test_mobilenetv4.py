@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+from copy import deepcopy
 
 import numpy as np
 import pytest
@@ -28,6 +29,17 @@ from ultralytics_addmodules.weights import load_pretrained
 
 timm = pytest.importorskip("timm")
 
+from helpers import (  # noqa: E402
+    FUSE_REL,
+    PARITY_REL,
+    Float32Reference,
+    assert_close_to_scale,
+    assert_matches_float32_reference,
+    make_mistake_,
+    randomize_and_calibrate_,
+    train_one_step,
+)
+
 CLASSES = {
     "conv_small": MobileNetV4ConvSmall,
     "conv_medium": MobileNetV4ConvMedium,
@@ -50,7 +62,7 @@ def n_params(model: nn.Module) -> int:
 
 def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
     """Random BN affine params, layer scales and BN running statistics (calibrated on random images in
-    train mode, so activations stay O(1) and an absolute tolerance means something), then eval mode."""
+    train mode, so activations stay O(1) and folding them changes the outputs), then eval mode."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -94,10 +106,25 @@ def test_same_features_as_timm_with_its_weights(variant, tmp_path):
     x = torch.randn(2, 3, 64, 96)  # non-square: catches H/W mix-ups in the attention reshapes
     with torch.no_grad():
         expected, got = ref(x), ours(x)
-    assert [t.shape for t in got] == [t.shape for t in expected]
-    for e, o in zip(expected, got):
-        assert e.abs().max() > 0.1  # the comparison is not between two near-zero maps
-        assert (e - o).abs().max() < 1e-4
+    assert_close_to_scale(got, expected, PARITY_REL, f"{variant} features vs timm", min_scale=0.1)
+
+
+@pytest.mark.parametrize("variant, mistake", [("conv_small", "bn_eps"), ("hybrid_medium", "layer_scale_dropped")])
+def test_parity_tolerance_catches_a_wrong_eps_or_a_dropped_layer_scale(variant, mistake, tmp_path):
+    """PARITY_REL is loose enough for float32 noise and still fails on real conversion mistakes: BatchNorm eps
+    1e-3 (torchvision's) instead of timm's 1e-5, or the last layer scale of a hybrid model left out."""
+    torch.manual_seed(0)
+    ref = randomize_(timm_features(variant))
+    path = tmp_path / "timm.pt"
+    torch.save(ref.state_dict(), path)
+    ours = CLASSES[variant]().eval()
+    load_pretrained(ours, path, verbose=False)
+    make_mistake_(ours, mistake)
+    with torch.no_grad():
+        x = torch.randn(2, 3, 64, 96)
+        expected, got = ref(x), ours(x)
+    with pytest.raises(AssertionError, match="exceeds the bound"):
+        assert_close_to_scale(got, expected, PARITY_REL, f"{variant} with {mistake} mistake")
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
@@ -156,18 +183,34 @@ def test_full_timm_model_keys_convert_and_head_is_dropped():
     assert not result.missing_keys and not result.unexpected_keys
 
 
-@pytest.mark.parametrize("variant", ["conv_small", "conv_medium", "hybrid_medium", "hybrid_large"])
-def test_fuse_removes_batchnorm_and_keeps_outputs(variant):
+def fused_and_unfused(variant: str, mistake: str | None = None):
+    """Features of a random width-0.5 model before and after fuse_modules(); ``mistake`` (see
+    helpers.make_mistake_) breaks the fused copy the way a faulty fuse would."""
     torch.manual_seed(0)
     model = randomize_(CLASSES[variant](width=0.5))
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
         before = model(x)
+        if mistake:
+            make_mistake_(model, mistake)
         assert fuse_modules(model) > 0
         after = model(x)
+    return model, before, after
+
+
+@pytest.mark.parametrize("variant", ["conv_small", "conv_medium", "hybrid_medium", "hybrid_large"])
+def test_fuse_removes_batchnorm_and_keeps_outputs(variant):
+    model, before, after = fused_and_unfused(variant)
     assert not any(isinstance(m, (nn.BatchNorm2d, LayerScale2d)) for m in model.modules())
-    for b, a in zip(before, after):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    assert_close_to_scale(after, before, FUSE_REL, f"{variant} fused features", min_scale=0.1)
+
+
+@pytest.mark.parametrize("variant, mistake", [("conv_small", "bn_dropped"), ("conv_small", "bn_eps"),
+                                              ("hybrid_medium", "layer_scale_dropped")])
+def test_fuse_tolerance_catches_real_mistakes(variant, mistake):
+    _, before, after = fused_and_unfused(variant, mistake)
+    with pytest.raises(AssertionError, match="exceeds the bound"):
+        assert_close_to_scale(after, before, FUSE_REL, f"{variant} fused with {mistake}")
 
 
 def test_attention_exports_to_onnx_without_broadcast_matmul():
@@ -209,8 +252,6 @@ def test_registered_as_multi_output_backbones():
 # Through Ultralytics: the shipped YAML, every variant in it, training, pretrained weights named in the YAML
 # ---------------------------------------------------------------------------------------------------------
 def yolo11_with(backbone: str, args: list):
-    from copy import deepcopy
-
     from ultralytics.nn.tasks import DetectionModel, yaml_model_load
 
     cfg = deepcopy(yaml_model_load("yolo11n-MobileNetV4.yaml"))
@@ -218,11 +259,29 @@ def yolo11_with(backbone: str, args: list):
     return DetectionModel(cfg, verbose=False)
 
 
-def test_shipped_yaml_builds_trains_and_fuses():
-    from helpers import train_one_step
+@pytest.fixture(scope="module")
+def shipped_model():
+    """yolo11n-MobileNetV4.yaml as built by Ultralytics (tests change deep copies only)."""
     from ultralytics import YOLO
 
-    model = YOLO("yolo11n-MobileNetV4.yaml").model
+    return YOLO("yolo11n-MobileNetV4.yaml").model
+
+
+def fused_detections(model, mistake: str | None = None):
+    """Calibrated random BatchNorm statistics (folding must really change the weights), then the Detect output
+    of several inputs before (as a float32 reference with its rounding noise) and after fuse_modules()."""
+    randomize_and_calibrate_(model)
+    xs = [torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    expected = Float32Reference(model, xs)
+    if mistake:
+        make_mistake_(model.model[0], mistake)
+    fuse_modules(model)
+    with torch.no_grad():
+        return [model(x)[0] for x in xs], expected
+
+
+def test_shipped_yaml_builds_trains_and_fuses(shipped_model):
+    model = deepcopy(shipped_model)
     backbone = model.model[0]
     assert isinstance(backbone, MobileNetV4ConvSmall) and backbone.width == 0.5
     assert model.stride.tolist() == [8, 16, 32]
@@ -230,14 +289,16 @@ def test_shipped_yaml_builds_trains_and_fuses():
     assert model.model[-1].f == [12, 15, 18]
     train_one_step(model, imgsz=64, nc=80)
 
-    model.eval()
-    x = torch.rand(1, 3, 64, 64)
-    with torch.no_grad():
-        before = model(x)[0]
-        fuse_modules(model)
-        after = model(x)[0]
+    got, expected = fused_detections(model)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in model.model[0].modules())
-    torch.testing.assert_close(after, before, rtol=1e-3, atol=1e-3)
+    print(assert_matches_float32_reference(got, expected, "fused"))
+
+
+@pytest.mark.parametrize("mistake", ["bn_dropped", "bn_eps"])
+def test_fused_model_bound_catches_real_mistakes(shipped_model, mistake):
+    got, expected = fused_detections(deepcopy(shipped_model), mistake)
+    with pytest.raises(AssertionError, match="percentile"):
+        assert_matches_float32_reference(got, expected, f"fused with {mistake}")
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))

@@ -10,7 +10,17 @@ from copy import deepcopy
 import numpy as np
 import pytest
 import torch
-from helpers import fresh_python, load_requested_weights, randomize_and_calibrate_, train_one_step
+from helpers import (
+    FUSE_REL,
+    PARITY_REL,
+    Float32Reference,
+    assert_close_to_scale,
+    assert_matches_float32_reference,
+    fresh_python,
+    load_requested_weights,
+    randomize_and_calibrate_,
+    train_one_step,
+)
 from torch import nn
 
 import ultralytics_addmodules
@@ -55,14 +65,15 @@ def timm_channels_at_strides(name: str) -> list[int]:
     return [[d["num_chs"] for d in info if d["reduction"] == s][-1] for s in (4, 8, 16, 32)]
 
 
-def onnx_outputs(model: nn.Module, x: torch.Tensor) -> np.ndarray:
+def onnx_outputs(model: nn.Module, xs: list[torch.Tensor]) -> list[np.ndarray]:
+    """Export ``model`` to ONNX once (traced on the first input) and run every input through ONNX Runtime."""
     import onnxruntime as ort
 
     buffer = io.BytesIO()
-    torch.onnx.export(model, x, buffer, opset_version=17, dynamo=False, input_names=["images"],
+    torch.onnx.export(model, xs[0], buffer, opset_version=17, dynamo=False, input_names=["images"],
                       output_names=["output0"])
     session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
-    return session.run(None, {"images": x.numpy()})[0]
+    return [session.run(None, {"images": x.numpy()})[0] for x in xs]
 
 
 @pytest.mark.slow
@@ -81,14 +92,15 @@ def test_builds_trains_fuses_and_exports_in_yolo11(name):
 
     train_one_step(model, imgsz=64, nc=2)
 
-    model.eval()
-    x = torch.rand(1, 3, 64, 64)
+    # BatchNorm statistics far from their defaults, so folding changes the weights; calibrated at 64x64 (MobileViT's
+    # patch grid does not fit a 96-pixel side)
+    randomize_and_calibrate_(model, example=(4, 3, 64, 64))
+    xs = [torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    expected = Float32Reference(model, xs)
     convs_before = sum(type(m) is nn.Conv2d for m in backbone.modules())
+    model.fuse(verbose=False)
     with torch.no_grad():
-        before = model(x)[0]
-        model.fuse(verbose=False)
-        fused = model(x)[0]
-    torch.testing.assert_close(fused, before, rtol=1e-3, atol=1e-3)
+        print(assert_matches_float32_reference([model(x)[0] for x in xs], expected, f"{name} fused"))
     assert backbone.fused
     bn_left = sum(isinstance(m, nn.BatchNorm2d) for m in backbone.modules())
     assert bn_left == 0, f"{bn_left} BatchNorm layers left after fuse"
@@ -96,23 +108,24 @@ def test_builds_trains_fuses_and_exports_in_yolo11(name):
         assert sum(type(m) is nn.Conv2d for m in backbone.modules()) < convs_before
         assert all(m.reparam_conv is not None for m in backbone.modules() if hasattr(m, "reparam_conv"))
 
-    exported = onnx_outputs(model, x)
-    assert np.abs(exported - fused.numpy()).max() < 1e-3
+    print(assert_matches_float32_reference(onnx_outputs(model, xs), Float32Reference(model, xs), f"{name} ONNX"))
 
 
 def test_mobileone_fuse_merges_branches():
     backbone = randomize_and_calibrate_(TimmBackbone(3, "mobileone_s0"))  # O(1) features, not O(1000)
     blocks = [m for m in backbone.modules() if hasattr(m, "reparam_conv")]
     assert blocks and all(m.reparam_conv is None for m in blocks)
-    x = torch.rand(1, 3, 64, 64)
+    xs = [torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    all_maps = lambda features: torch.cat([f.flatten(1) for f in features], 1)  # noqa: E731
+    expected = Float32Reference(backbone, xs, pick=all_maps)
+    backbone.fuse()
     with torch.no_grad():
-        before = backbone(x)
-        backbone.fuse()
-        after = backbone(x)
+        after = [all_maps(backbone(x)) for x in xs]
     assert all(m.reparam_conv is not None for m in blocks if m in list(backbone.modules()))
     assert sum(p.numel() for p in backbone.parameters()) < 5.29e6 * 0.5  # branches collapsed
-    for a, b in zip(after, before):
-        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
+    # many parallel branches summed into one conv: rounding grows with the branches, so the bound follows
+    # float32's measured noise rather than a fixed fraction of the scale
+    print(assert_matches_float32_reference(after, expected, "re-parameterised MobileOne features"))
     backbone.fuse()  # a second call is a no-op
 
 
@@ -134,9 +147,7 @@ def test_timm_state_dict_reproduces_timms_own_features(name, tmp_path):
                                   features_only=True, out_indices=ours.features.feature_info.out_indices).eval()
     x = torch.randn(2, 3, 64, 96)
     with torch.no_grad():
-        for a, b in zip(ours(x), reference(x)):
-            assert a.abs().max() > 0.1  # features are not trivially zero
-            assert (a - b).abs().max() < 1e-4
+        assert_close_to_scale(ours(x), reference(x), PARITY_REL, f"{name} features vs timm", min_scale=0.1)
 
 
 def test_weights_named_in_yaml_load_after_building(tmp_path):
@@ -299,7 +310,7 @@ def test_bn_folding_only_where_the_bn_reads_the_conv_output():
         before = plain(x)
         assert fold_conv_batchnorm(plain, x) == 1
         assert isinstance(plain[1], nn.Identity)
-        torch.testing.assert_close(plain(x), before, rtol=1e-4, atol=1e-5)
+        assert_close_to_scale(plain(x), before, FUSE_REL, "folded conv-bn-relu", min_scale=0.1)
 
 
 def test_channels_last_families_are_returned_channels_first():

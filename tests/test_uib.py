@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import FUSE_REL, assert_close_to_scale, make_mistake_, randomize_and_calibrate_
 from torch import nn
 
 from ultralytics_addmodules.nn.common import fuse_modules
@@ -53,8 +54,9 @@ def test_strided_ffn_and_bad_groups_are_rejected():
         UniversalInvertedBottleneck(16, 16, groups=3)
 
 
-@pytest.mark.parametrize("bn_first", [True, False])
-def test_layer_scale_folds_before_or_after_the_bn(bn_first):
+def fold_layer_scale(bn_first: bool, mistake: str | None = None):
+    """A UIB block with a random layer scale, before and after fusing its parts in either order; ``mistake``
+    "layer_scale_dropped" fuses as if the scale were not there (gamma 1)."""
     torch.manual_seed(0)
     block = UniversalInvertedBottleneck(8, 8, 3, 0, layer_scale_init=0.5)
     with torch.no_grad():
@@ -64,12 +66,26 @@ def test_layer_scale_folds_before_or_after_the_bn(bn_first):
     x = torch.randn(1, 8, 6, 6)
     with torch.no_grad():
         before = block(x)
+        if mistake:
+            make_mistake_(block, mistake)
         parts = [block.project, block] if bn_first else [block, block.project]
         for part in parts:  # fuse_modules visits parents first; either order must give the same result
             part.fuse()
         after = block(x)
+    return block, before, after
+
+
+@pytest.mark.parametrize("bn_first", [True, False])
+def test_layer_scale_folds_before_or_after_the_bn(bn_first):
+    block, before, after = fold_layer_scale(bn_first)
     assert not any(isinstance(m, LayerScale2d) for m in block.modules())
-    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
+    assert_close_to_scale(after, before, FUSE_REL, "fused UIB block", min_scale=0.1)
+
+
+def test_layer_scale_fold_tolerance_catches_a_dropped_scale():
+    _, before, after = fold_layer_scale(True, "layer_scale_dropped")
+    with pytest.raises(AssertionError, match="exceeds the bound"):
+        assert_close_to_scale(after, before, FUSE_REL, "UIB block fused without its layer scale")
 
 
 def test_layer_scale_refuses_to_fold_through_an_activation():
@@ -242,20 +258,32 @@ def test_c3_uib_registered_like_c3():
     assert m(torch.randn(1, 64, 8, 8)).shape[1] == resolved.c2
 
 
-def test_c3_uib_fuses():
+def fuse_c3_uib(mistake: str | None = None):
+    """A C3_UIB with random calibrated BatchNorms before and after fuse_modules(); ``mistake`` breaks the fused
+    copy the way a faulty fuse would (see helpers.make_mistake_)."""
     torch.manual_seed(0)
-    m = C3_UIB(16, 32, n=2)
-    m.train()
-    with torch.no_grad():  # non-trivial BN statistics
-        m(torch.randn(4, 16, 8, 8) * 3 + 1)
-    m.eval()
+    m = randomize_and_calibrate_(C3_UIB(16, 32, n=2), example=(4, 16, 8, 8))
     x = torch.randn(1, 16, 8, 8)
     with torch.no_grad():
         before = m(x)
+        if mistake:
+            make_mistake_(m, mistake)
         fuse_modules(m)
         after = m(x)
+    return m, before, after
+
+
+def test_c3_uib_fuses():
+    m, before, after = fuse_c3_uib()
     assert not any(isinstance(mod, nn.BatchNorm2d) for mod in m.modules())
-    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-5)
+    assert_close_to_scale(after, before, FUSE_REL, "fused C3_UIB", min_scale=0.1)
+
+
+@pytest.mark.parametrize("mistake", ["bn_dropped", "bn_eps"])
+def test_c3_uib_fuse_tolerance_catches_real_mistakes(mistake):
+    _, before, after = fuse_c3_uib(mistake)
+    with pytest.raises(AssertionError, match="exceeds the bound"):
+        assert_close_to_scale(after, before, FUSE_REL, f"C3_UIB fused with {mistake}")
 
 
 @pytest.mark.parametrize("name, block_layers", [("yolo11n-C3_UIB.yaml", 8), ("yolov5n-C3_UIB.yaml", 8)])

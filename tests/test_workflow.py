@@ -86,12 +86,13 @@ def read_results(run_dir: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", [None, "yolo11n.yaml"], ids=["default-yolo11n-MobileNetV4", "yolo11n"])
-def test_quick_default_training_reaches_map50(model, tmp_path):
-    """`python train.py` with its default quick settings learns the sample dataset within minutes."""
+def test_quick_default_training_reaches_map50(tmp_path):
+    """`python train.py` with its default quick settings learns the sample dataset within minutes.
+
+    Only the default model: the stock baseline (`--model yolo11n.yaml`) learns the same data but is not this
+    package's promise, and training it doubled the suite's longest test; the override itself is checked by
+    test_model_override_trains_that_model."""
     args = [sys.executable, str(REPO / "train.py"), "--project", str(tmp_path / "runs"), "--name", "quick"]
-    if model:
-        args += ["--model", model]
     start = time.monotonic()
     result = subprocess.run(args, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True,
                             timeout=QUICK_TRAINING_LIMIT_S + 300)
@@ -99,10 +100,23 @@ def test_quick_default_training_reaches_map50(model, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     rows = read_results(tmp_path / "runs" / "quick")
     final_map50 = rows[-1]["metrics/mAP50(B)"]
-    print(f"{model or 'default model'}: {len(rows)} epochs in {elapsed:.0f} s, final mAP50 {final_map50:.3f}, "
+    print(f"default model: {len(rows)} epochs in {elapsed:.0f} s, final mAP50 {final_map50:.3f}, "
           f"mAP50-95 {rows[-1]['metrics/mAP50-95(B)']:.3f}")
     assert final_map50 >= 0.3, f"mAP50 {final_map50:.3f} after {len(rows)} epochs"
     assert elapsed < QUICK_TRAINING_LIMIT_S, f"quick training took {elapsed:.0f} s"
+
+
+@pytest.mark.slow
+def test_model_override_trains_that_model(tmp_path):
+    """`python train.py --model yolo11n.yaml` (the README's baseline) trains stock YOLO11n on the bundled data."""
+    args = [sys.executable, str(REPO / "train.py"), "--model", "yolo11n.yaml", "--epochs", "1", "--imgsz", "32",
+            "--project", str(tmp_path / "runs"), "--name", "baseline", "--no-plots"]
+    result = subprocess.run(args, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "runs" / "baseline"
+    train_args = yaml.safe_load((run / "args.yaml").read_text())
+    assert train_args["model"] == "yolo11n.yaml" and train_args["epochs"] == 1 and train_args["imgsz"] == 32
+    assert len(read_results(run)) == 1
 
 
 # --- docs/workflow.md: its promises, tested --------------------------------------------------------------
