@@ -18,6 +18,7 @@ import functools
 import inspect
 import pickle
 import sys
+import weakref
 import zipfile
 
 import torch
@@ -294,6 +295,43 @@ def _torch_safe_load(weight, *args, **kwargs):
         raise
 
 
+# === pretrained weights: wiring only, the logic is weights.apply_requested_weights (issue 15) ==============
+# A weights source written in a YAML line loads once the whole model is built. A model built from the YAML
+# of a checkpoint just read (to receive that checkpoint's weights: fine-tuning best.pt, resuming) skips it:
+# the sources would be overwritten anyway and may no longer exist where the model is used now.
+_checkpoint_models: weakref.WeakSet = weakref.WeakSet()  # models read from checkpoints that are still alive
+
+
+def _remember_checkpoint_models(torch_safe_load):
+    @functools.wraps(torch_safe_load)
+    def remembering(weight, *args, **kwargs):
+        ckpt, file = torch_safe_load(weight, *args, **kwargs)
+        for model in (ckpt.get("ema"), ckpt.get("model")) if isinstance(ckpt, dict) else ():
+            if isinstance(model, nn.Module) and isinstance(getattr(model, "yaml", None), dict):
+                _checkpoint_models.add(model)
+        return ckpt, file
+
+    return remembering
+
+
+def _load_requested_weights_after_build(init):
+    @functools.wraps(init)
+    def __init__(self, cfg="yolov8n.yaml", *args, **kwargs):
+        init(self, cfg, *args, **kwargs)
+        if not any(m.yaml is cfg for m in _checkpoint_models):
+            from .weights import apply_requested_weights
+
+            apply_requested_weights(self, self.yaml.get("yaml_file"))
+
+    return __init__
+
+
+def _wire_pretrained_weights() -> None:
+    tasks.torch_safe_load = _remember_checkpoint_models(tasks.torch_safe_load)
+    tasks.DetectionModel.__init__ = _load_requested_weights_after_build(tasks.DetectionModel.__init__)
+# === end of pretrained weights wiring =====================================================================
+
+
 def _rebind_everywhere(original, replacement, attribute: str) -> None:
     """Replace ``attribute`` in every already-imported Ultralytics module that bound ``original``."""
     for name, module in list(sys.modules.items()):
@@ -327,6 +365,7 @@ def apply() -> None:
     tasks.check_requirements = _check_requirements  # only tasks' own calls (checkpoint loading) go through it
     tasks.torch_safe_load = _torch_safe_load
     _rebind_everywhere(STOCK["check_det_dataset"], _check_det_dataset, "check_det_dataset")
+    _wire_pretrained_weights()  # after torch_safe_load above: it wraps the patched loader
     data_utils.check_det_dataset = _check_det_dataset
     if _onnx_export_needs_legacy_default():
         Model.export = _export

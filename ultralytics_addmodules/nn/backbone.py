@@ -1,7 +1,8 @@
 """The multi-output backbone contract shared by every family.
 
 A backbone is one YAML line. Its constructor is ``Cls(c1, *yaml_args)`` where the last optional YAML
-argument may be a pretrained-weights source; ``forward`` returns ``[P2, P3, P4, P5]`` (strides 4, 8, 16,
+argument may be a pretrained-weights source, which the constructor only records (``requested_weights``;
+``ultralytics_addmodules.weights`` loads it once the whole model is built); ``forward`` returns ``[P2, P3, P4, P5]`` (strides 4, 8, 16,
 32) and ``out_channels`` lists their channels. The parser (registry rule ``MultiOutputBackbone``) expands
 the line into layer 0 (this module) and layers 1-4 (``SelectFeature`` picking P2..P5).
 """
@@ -20,12 +21,14 @@ class Backbone(nn.Module):
     """Base class of multi-output backbones.
 
     Subclasses set ``self.out_channels`` (four ints) and implement ``forward`` returning four tensors.
-    For ImageNet weights they implement ``weight_sources`` and ``convert_state_dict``; call
-    ``self.load_pretrained_if_requested(pretrained)`` at the end of ``__init__``.
+    For ImageNet weights they implement ``weight_sources`` and ``convert_state_dict``, and store a weights
+    source given in the YAML line as ``self.requested_weights`` (loading it is the job of
+    ``ultralytics_addmodules.weights``, after the model is built).
     """
 
     out_channels: list[int]
     strides = FEATURE_STRIDES
+    requested_weights = None  # the weights source written in the YAML line ("timm", a file path), if any
 
     def weight_sources(self) -> dict[str, str]:
         """Published weights of exactly this architecture, e.g. ``{"timm": "efficientnet_b0"}``.
@@ -45,14 +48,6 @@ class Backbone(nn.Module):
         out; ``load_pretrained`` reports every backbone tensor that ends up missing or mis-shaped.
         """
         raise NotImplementedError(f"{type(self).__name__} has no weight mapping for {source!r}")
-
-    def load_pretrained_if_requested(self, pretrained) -> None:
-        """Load weights when a YAML line carried a source (``[1.0, timm]`` or a file path)."""
-        if pretrained in (None, False, "", "none", "None"):
-            return
-        from ..weights import load_pretrained  # late import: weights imports this module
-
-        load_pretrained(self, "timm" if pretrained is True else pretrained)
 
 
 class StagedBackbone(Backbone):

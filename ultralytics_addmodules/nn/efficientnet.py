@@ -316,7 +316,7 @@ class EfficientNet(StagedBackbone):
                 self.out_channels[level] = c2
                 channels, index = c2, index + 1
         self.stages = nn.ModuleList(nn.Sequential(*blocks) for blocks in levels)
-        self.load_pretrained_if_requested(pretrained)
+        self.requested_weights = pretrained  # loaded by weights.py once the model is built
 
     @classmethod
     def check_version(cls, version) -> str:

@@ -76,7 +76,7 @@ class MobileNetV1(StagedBackbone):
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.ModuleList(stages)
         self.out_channels = [stage[-1].pw.conv.out_channels for stage in self.stages]
-        self.load_pretrained_if_requested(pretrained)
+        self.requested_weights = pretrained  # loaded by weights.py once the model is built
 
     def weight_sources(self) -> dict[str, str]:
         return {"timm": TIMM_NAME} if self.width == 1.0 and self.c1 == 3 else {}

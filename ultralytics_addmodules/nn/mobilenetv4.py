@@ -363,7 +363,7 @@ class MobileNetV4(StagedBackbone):
             stages.append(nn.Sequential(*blocks))
             self.out_channels.append(channels)
         self.stages = nn.ModuleList(stages)
-        self.load_pretrained_if_requested(pretrained)
+        self.requested_weights = pretrained  # loaded by weights.py once the model is built
 
     def weight_sources(self) -> dict[str, str]:
         if self.width == 1.0 and self.c1 == 3:

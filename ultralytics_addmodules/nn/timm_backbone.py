@@ -97,9 +97,10 @@ class TimmBackbone(Backbone, Fusable):
         c1: input channels (passed to timm as ``in_chans``).
         model_name: any timm model name (``timm.list_models()``), optionally with a pretrained tag such as
             ``convnext_atto.d2_in1k``. It must have feature maps at strides 4, 8, 16 and 32.
-        pretrained: False (random init); True or "timm" to let timm download its ImageNet weights (needs
-            network access); or the path of a timm state-dict file (``torch.save(timm_model.state_dict())``,
-            classifier keys may be present and are dropped).
+        pretrained: False (random init); True or "timm" for timm's ImageNet weights (from the local cache, or
+            downloaded when the hub is reachable); or the path of a timm state-dict file
+            (``torch.save(timm_model.state_dict())``, classifier keys may be present and are dropped).
+            Recorded as ``requested_weights``; ``ultralytics_addmodules.weights`` loads it after building.
     """
 
     def __init__(self, c1: int = 3, model_name: str = "convnext_atto", pretrained=False):
@@ -108,8 +109,7 @@ class TimmBackbone(Backbone, Fusable):
         self.model_name = check_model_name(timm, model_name)
         info = reference_feature_info(timm, model_name, c1)
         out_indices = choose_out_indices(model_name, info)
-        download = pretrained is True or pretrained == "timm"
-        self.features = timm.create_model(model_name, pretrained=download, features_only=True,
+        self.features = timm.create_model(model_name, pretrained=False, features_only=True,
                                           out_indices=out_indices, in_chans=c1)
         built = self.features.feature_info
         if list(built.reduction()) != list(FEATURE_STRIDES):  # timm's wrapper should honour out_indices
@@ -120,8 +120,7 @@ class TimmBackbone(Backbone, Fusable):
         wrapper_fmt = str(getattr(self.features, "output_fmt", "NCHW"))
         self.channels_last_features = "NHWC" in wrapper_fmt and not hasattr(self.features, "out_indices")
         self.fused = False
-        if not download:
-            self.load_pretrained_if_requested(pretrained)
+        self.requested_weights = pretrained  # loaded by weights.py once the model is built
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         features = self.features(x)
