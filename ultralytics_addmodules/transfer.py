@@ -148,8 +148,8 @@ def plan_transfer(model: nn.Module, checkpoint_model: nn.Module, source: str) ->
                 report.parameters += tensor.numel() if key in parameter_names else 0
             elif heads and key.split(".")[0] not in other_parts:
                 continue  # counted in model_only
-            elif heads and source_tensor is not None and nc_ours != nc_theirs and \
-                    tensor.shape[:1] == (nc_ours,) and source_tensor.shape[:1] == (nc_theirs,):
+            elif heads and source_tensor is not None and nc_ours != nc_theirs and key.startswith("cv3."):
+                # the class branch: its output and (below 100 classes) its hidden width follow the class count
                 report.class_dependent.append(f"model.{i}.{key}")
             elif source_tensor is None:
                 mismatched.append(f"{key} (not in the checkpoint)")

@@ -179,12 +179,20 @@ def _not_weights(path: Path, what: tuple[str, str]) -> WeightsError:
         "checkpoint"))
 
 
+def _is_torch_zip(path: Path) -> bool:
+    """A file in torch.save's zip format (a pickle named data.pkl plus tensor storages)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any(name.endswith("data.pkl") for name in z.namelist())
+
+
 def _torch_load_checkpoint(path: Path):
     """``torch.load`` with ``weights_only=True``; Ultralytics checkpoints with their module classes allowed."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as plain_error:
-        if not zipfile.is_zipfile(path):
+        if not _is_torch_zip(path):
             raise _not_weights(path, _sniff(path)) from plain_error
         try:
             needed = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
@@ -525,26 +533,43 @@ def _plan_backbone(root: nn.Module, backbone: Backbone, source: str, state_dict)
     return tensors, PretrainedReport(type(backbone).__name__, architecture, source, count)
 
 
-def _plan(root: nn.Module, backbones: Sequence[Backbone] | None, source: str | Path):
-    """(tensors keyed like ``root.state_dict()``, reports) for one source; raises before anything changes."""
+@dataclass
+class _Loaded:
+    """One source, checked and ready: tensors keyed like the model's state dict, or for an Ultralytics checkpoint
+    its model, aligned anew with each model it goes into (the trainer's may have another class count)."""
+
+    tensors: dict[str, torch.Tensor]
+    checkpoint: nn.Module | None = None
+    source: str = ""
+
+    def tensors_for(self, model: nn.Module) -> tuple[dict[str, torch.Tensor], list]:
+        if self.checkpoint is None:
+            return self.tensors, []
+        from .transfer import plan_transfer
+
+        tensors, report = plan_transfer(model, self.checkpoint, self.source)
+        return tensors, [report]
+
+
+def _plan(root: nn.Module, backbones: Sequence[Backbone] | None, source: str | Path) -> tuple[_Loaded, list]:
+    """One source checked against ``root`` (the loaded part, reports); raises before anything changes."""
     source = str(source)
     loaded = None if source in ONLINE_SOURCES else read_weights_file(source)
     if isinstance(loaded, UltralyticsCheckpoint):
-        from .transfer import plan_transfer
-
         if not isinstance(getattr(root, "model", None), nn.Sequential):
             raise WeightsError(bilingual(
                 f"{source} 是 Ultralytics 检查点，只能加载到整个 YOLO 模型（YOLO 对象或 DetectionModel），不能加载到 {type(root).__name__}",
                 f"{source} is an Ultralytics checkpoint; it loads into a whole YOLO model (a YOLO object or a "
                 f"DetectionModel), not into a {type(root).__name__}"))
-        tensors, report = plan_transfer(root, loaded.model, source)
-        return tensors, [report]
+        part = _Loaded({}, loaded.model, source)
+        part.tensors, reports = part.tensors_for(root)
+        return part, reports
     tensors, reports = {}, []
     for bb in backbones if backbones is not None else find_backbones(root):
         t, r = _plan_backbone(root, bb, source, loaded)
         tensors.update(t)
         reports.append(r)
-    return tensors, reports
+    return _Loaded(tensors), reports
 
 
 def _copy_into(module: nn.Module, tensors: Mapping[str, torch.Tensor]) -> tuple[int, list[str]]:
@@ -593,14 +618,15 @@ def load_pretrained(model, source: str | Path | Sequence[str | Path], verbose: b
     sources = [source] if isinstance(source, (str, Path)) else list(source)
     if not sources:
         raise WeightsError(bilingual("没有给出预训练权重来源", "no pretrained weights source given"))
-    planned, reports = {}, []
+    parts, reports = [], []
     for src in sources:
-        tensors, src_reports = _plan(root, None, src)
-        planned.update(tensors)
+        part, src_reports = _plan(root, None, src)
+        parts.append(part)
         reports += src_reports
-    _copy_into(root, planned)
+    for part in parts:
+        _copy_into(root, part.tensors)
     if yolo is not None:
-        _carry_into_next_training(yolo, planned)
+        _carry_into_next_training(yolo, parts)
     if verbose:
         for report in reports:
             LOGGER.info(f"ultralytics-addmodules: loaded pretrained {report}")
@@ -664,14 +690,15 @@ def apply_requested_weights(model: nn.Module, yaml_file: str | Path | None = Non
     """
     requests = [(bb, _normalise_request(bb)) for bb in model.modules() if isinstance(bb, Backbone)]
     requests = [(bb, src) for bb, src in requests if src is not None]
-    planned, reports = {}, []
+    parts, reports = [], []
     for bb, source in requests:
         if source not in ONLINE_SOURCES:
             source = str(resolve_weights_path(source, yaml_file))
-        tensors, src_reports = _plan(model, [bb], source)
-        planned.update(tensors)
+        part, src_reports = _plan(model, [bb], source)
+        parts.append(part)
         reports += src_reports
-    _copy_into(model, planned)
+    for part in parts:
+        _copy_into(model, part.tensors)
     for report in reports:
         LOGGER.info(f"ultralytics-addmodules: loaded pretrained {report}")
     return reports
@@ -680,7 +707,7 @@ def apply_requested_weights(model: nn.Module, yaml_file: str | Path | None = Non
 # --------------------------------------------------------------------------------------------------------
 # Keeping loaded weights for the next train()
 # --------------------------------------------------------------------------------------------------------
-_PENDING = "_addmodules_pretrained"  # attribute of the YOLO object: tensors waiting for its next train()
+_PENDING = "_addmodules_pretrained"  # attribute of the YOLO object: loaded parts waiting for its next train()
 
 
 def _trained_module(model: nn.Module) -> nn.Module:
@@ -691,17 +718,16 @@ def _trained_module(model: nn.Module) -> nn.Module:
     return model
 
 
-def _carry_into_next_training(yolo, tensors: Mapping[str, torch.Tensor]) -> None:
-    """Make ``tensors`` (keyed like ``yolo.model.state_dict()``) the starting point of ``yolo``'s next train().
+def _carry_into_next_training(yolo, parts: Sequence[_Loaded]) -> None:
+    """Make the loaded ``parts`` the starting point of ``yolo``'s next train().
 
     Ultralytics' trainer trains a model of its own (rebuilt from the YAML, with the dataset's class count), so
-    a callback copies the tensors into it and into its EMA copy at ``on_pretrain_routine_end``: after the model,
-    EMA and optimizer exist (8.3 and 8.4 create them at different points) and before the first step; copying in
-    place keeps the optimizer's references valid. The tensors are consumed by that one train(). Callbacks do
-    not reach multi-GPU (DDP) worker processes.
+    a callback copies them into it and into its EMA copy at ``on_pretrain_routine_end``: after the model, EMA and
+    optimizer exist (8.3 and 8.4 create them at different points) and before the first step; copying in place
+    keeps the optimizer's references valid. A checkpoint's neck and head are aligned anew with that model. The
+    parts are consumed by that one train(). Callbacks do not reach multi-GPU (DDP) worker processes.
     """
-    pending = yolo.__dict__.setdefault(_PENDING, {})
-    pending.update({k: v.detach().clone() for k, v in tensors.items()})
+    yolo.__dict__.setdefault(_PENDING, []).extend(parts)
     registered = yolo.callbacks.get("on_pretrain_routine_end", [])
     if any(getattr(f, "_addmodules_pretrained", False) for f in registered):
         return
@@ -714,13 +740,18 @@ def _carry_into_next_training(yolo, tensors: Mapping[str, torch.Tensor]) -> None
             LOGGER.warning("ultralytics-addmodules: resumed training continues from its checkpoint; the pretrained "
                            "weights loaded into this YOLO object were not applied")
             return
-        copied, skipped = _copy_into(_trained_module(trainer.model), waiting)
+        model = _trained_module(trainer.model)
         ema = getattr(getattr(trainer, "ema", None), "ema", None)
-        if isinstance(ema, nn.Module):
-            _copy_into(ema, waiting)
-        note = ""
-        if skipped:
-            note = f"; {len(skipped)} not copied (other shape here, e.g. the dataset's class count): {', '.join(skipped[:3])}"
+        copied, skipped = 0, []
+        for part in waiting:
+            tensors, reports = part.tensors_for(model)
+            n, missed = _copy_into(model, tensors)
+            copied, skipped = copied + n, skipped + missed
+            if isinstance(ema, nn.Module):
+                _copy_into(ema, tensors)
+            for report in reports:
+                LOGGER.info(f"ultralytics-addmodules: into the model being trained: {report}")
+        note = f"; {len(skipped)} not copied (other shape here): {', '.join(skipped[:3])}" if skipped else ""
         LOGGER.info(f"ultralytics-addmodules: training starts from the loaded pretrained weights ({copied} tensors{note})")
 
     start_from_pretrained._addmodules_pretrained = True
