@@ -444,7 +444,7 @@ def test_freeze_backbone_setting_survives_an_interrupted_run(tiny_data, tmp_path
 
 # --- train.py ----------------------------------------------------------------------------------------------------
 def _run_train_py(*args, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "YOLO_OFFLINE": "true", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "YOLO_OFFLINE": "true", "YOLO_VERBOSE": "true", "PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, str(REPO / "train.py"), *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
 
