@@ -40,7 +40,8 @@ print("REPORT " + json.dumps(report))
 """
 
 
-def train(model: str, name: str, args: argparse.Namespace, epochs: int, transfer: str | None = None) -> tuple[Path, list]:
+def train(model: str, name: str, args: argparse.Namespace, epochs: int,
+          transfer: str | None = None) -> tuple[Path, list]:
     cfg = dict(model=model, data=str(REPO / "dataset" / "data.yaml"), epochs=epochs, imgsz=args.imgsz, batch=16,
                seed=0, deterministic=True, device="cpu", workers=0, plots=False, exist_ok=True,
                project=str(args.out), name=name, transfer=transfer)

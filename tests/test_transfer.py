@@ -86,7 +86,8 @@ def test_stock_layout_model_transfers_by_index(checkpoints, stock_models):
     pairs, _ = _same_shape_pairs(yolo.model, stock, same_type, 0)
     assert report.by == "index" and report.tensors == len(pairs) > 100
     assert all(torch.equal(ours, theirs) for _, ours, theirs in pairs)
-    assert other_type and f"layers {', '.join(map(str, other_type))} (C3_UIB here, C3k2 in the checkpoint)" in str(report)
+    listed = f"layers {', '.join(map(str, other_type))} (C3_UIB here, C3k2 in the checkpoint)"
+    assert other_type and listed in str(report)
 
 
 def test_segment_checkpoint_into_a_detect_model(checkpoints, stock_models):
@@ -157,5 +158,6 @@ def test_imagenet_backbone_and_coco_neck_head_are_where_training_starts(checkpoi
         assert model.model[-1].nc == 2
         state = model.model[0].state_dict()
         assert all(torch.equal(state[k], v) for k, v in backbone.items())
-        pairs, total = _same_shape_pairs(model, stock_models["detect"], range(FIRST_NECK_LAYER, len(model.model)), OFFSET)
+        neck_and_head = range(FIRST_NECK_LAYER, len(model.model))
+        pairs, total = _same_shape_pairs(model, stock_models["detect"], neck_and_head, OFFSET)
         assert len(pairs) > 0.7 * total and all(torch.equal(ours, theirs) for _, ours, theirs in pairs)

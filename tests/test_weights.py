@@ -146,14 +146,15 @@ def test_weights_path_in_yaml_resolves_next_to_the_yaml_from_any_directory(small
 
 
 def test_width_error_names_the_pretrained_yaml_and_the_line_to_write(small_sd_file):
-    cases = [(MobileNetV4ConvSmall(3, 0.5), "[-1, 1, MobileNetV4ConvSmall, [1.0]]", "yolo11n-MobileNetV4-pretrained.yaml"),
-             (MobileNetV4ConvMedium(3, 0.75), "[-1, 1, MobileNetV4ConvMedium, [1.0]]", "yolo11n-MobileNetV4-pretrained.yaml"),
-             (MobileNetV1_n(), "[-1, 1, MobileNetV1, [1.0]]", "yolo11n-MobileNetV1-pretrained.yaml"),
+    cases = [(MobileNetV4ConvSmall(3, 0.5), "[-1, 1, MobileNetV4ConvSmall, [1.0]]", "MobileNetV4"),
+             (MobileNetV4ConvMedium(3, 0.75), "[-1, 1, MobileNetV4ConvMedium, [1.0]]", "MobileNetV4"),
+             (MobileNetV1_n(), "[-1, 1, MobileNetV1, [1.0]]", "MobileNetV1"),
              (EfficientNetV1(3, "efficientnet-b3", 0.5), "[-1, 1, efficient, [efficientnet-b3, 1.0, 1.0]]",
-              "yolo11n-EfficientNetV1-pretrained.yaml"),
-             (EfficientNetV2(3, "efficientnet_v2_s", 0.25, 0.5), "[-1, 1, efficientnet_v2, [efficientnet_v2_s, 1.0, 1.0]]",
-              "yolo11n-EfficientNetV2-pretrained.yaml")]
-    for model, line, ready in cases:
+              "EfficientNetV1"),
+             (EfficientNetV2(3, "efficientnet_v2_s", 0.25, 0.5),
+              "[-1, 1, efficientnet_v2, [efficientnet_v2_s, 1.0, 1.0]]", "EfficientNetV2")]
+    for model, line, family in cases:
+        ready = f"yolo11n-{family}-pretrained.yaml"
         with pytest.raises(WeightsError, match="no published ImageNet weights") as e:
             load_pretrained(model, small_sd_file, verbose=False)
         message = str(e.value)
@@ -472,7 +473,8 @@ def family_state_dicts(tmp_path_factory):
 def test_train_py_with_a_pretrained_yaml_and_a_state_dict(family, family_state_dicts, tiny_data, tmp_path):
     result = _run_train_py("--model", f"yolo11n-{family}-pretrained.yaml", "--pretrained", family_state_dicts[family],
                            "--data", tiny_data, "--epochs", 1, "--imgsz", 64, "--batch", 2, "--workers", 0,
-                           "--device", "cpu", "--project", tmp_path / "runs", "--name", "run", "--no-plots", cwd=tmp_path)
+                           "--device", "cpu", "--project", tmp_path / "runs", "--name", "run", "--no-plots",
+                           cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stdout + result.stderr
     assert "loaded pretrained" in log and "training starts from the loaded pretrained weights" in log

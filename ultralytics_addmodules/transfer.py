@@ -98,7 +98,8 @@ def _classes(model: nn.Module) -> int | None:
     return getattr(model.model[-1], "nc", None)
 
 
-def plan_transfer(model: nn.Module, checkpoint_model: nn.Module, source: str) -> tuple[dict[str, torch.Tensor], TransferReport]:
+def plan_transfer(model: nn.Module, checkpoint_model: nn.Module,
+                  source: str) -> tuple[dict[str, torch.Tensor], TransferReport]:
     """Tensors (keyed like ``model.state_dict()``) to copy from ``checkpoint_model`` into ``model``, and the report.
 
     Changes nothing: the caller copies once every source has been checked.

@@ -79,7 +79,8 @@ def find_backbones(model) -> list[Backbone]:
     """Backbones inside a YOLO object, an Ultralytics model, or the backbone itself."""
     module = model  # a YOLO object is an nn.Module too, holding the Ultralytics model as a submodule
     if not isinstance(module, nn.Module):
-        raise TypeError(f"expected a YOLO object, an Ultralytics model or a backbone module, got {type(model).__name__}")
+        raise TypeError(f"expected a YOLO object, an Ultralytics model or a backbone module, "
+                        f"got {type(model).__name__}")
     found = [m for m in module.modules() if isinstance(m, Backbone)]
     if not found:
         raise WeightsError(bilingual(
@@ -94,7 +95,8 @@ def find_backbones(model) -> list[Backbone]:
 def _split_target(model) -> tuple[object | None, nn.Module]:
     """(YOLO object or None, the nn.Module whose state-dict keys the loaded tensors use)."""
     if not isinstance(model, nn.Module):
-        raise TypeError(f"expected a YOLO object, an Ultralytics model or a backbone module, got {type(model).__name__}")
+        raise TypeError(f"expected a YOLO object, an Ultralytics model or a backbone module, "
+                        f"got {type(model).__name__}")
     inner = model._modules.get("model")
     if hasattr(model, "add_callback") and isinstance(inner, nn.Module):  # an Ultralytics YOLO (Model) object
         return model, inner
@@ -135,7 +137,8 @@ def checkpoint_safe_globals() -> list[type]:
 
     modules = [torch.nn, tasks]
     for package in (ultralytics_modules, our_modules):
-        modules += [importlib.import_module(f"{package.__name__}.{m.name}") for m in pkgutil.iter_modules(package.__path__)]
+        submodules = pkgutil.iter_modules(package.__path__)
+        modules += [importlib.import_module(f"{package.__name__}.{m.name}") for m in submodules]
     found = {obj for module in modules for obj in vars(module).values()
              if isinstance(obj, type) and issubclass(obj, nn.Module)}
     return sorted(found, key=lambda c: f"{c.__module__}.{c.__qualname__}")
@@ -214,8 +217,8 @@ def _torch_load_checkpoint(path: Path):
                 outside = ", ".join([n for n in needed if n not in allowed][:3]) or "?"
                 raise WeightsError(bilingual(
                     f"{path} 是 Ultralytics 检查点，但它包含安全加载白名单之外的类（{outside}），因此不加载",
-                    f"{str(path)!r} is an Ultralytics checkpoint that pickles classes outside the safe-loading allowlist "
-                    f"({outside}); it is not loaded")) from None
+                    f"{str(path)!r} is an Ultralytics checkpoint that pickles classes outside the safe-loading "
+                    f"allowlist ({outside}); it is not loaded")) from None
 
 
 def read_weights_file(path: str | Path) -> dict[str, torch.Tensor] | UltralyticsCheckpoint:
@@ -226,7 +229,8 @@ def read_weights_file(path: str | Path) -> dict[str, torch.Tensor] | Ultralytics
     """
     path = Path(path)
     if not path.is_file():
-        raise WeightsFileNotFoundError(bilingual(f"预训练权重文件 {path} 不存在", f"pretrained weights file {str(path)!r} does not exist"))
+        raise WeightsFileNotFoundError(bilingual(f"预训练权重文件 {path} 不存在",
+                                                 f"pretrained weights file {str(path)!r} does not exist"))
     if path.suffix == ".safetensors":
         try:
             from safetensors.torch import load_file
@@ -252,7 +256,8 @@ def read_weights_file(path: str | Path) -> dict[str, torch.Tensor] | Ultralytics
     if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         kind = type(obj).__name__
         raise WeightsError(bilingual(f"{path} 保存的是 {kind}，不是 state dict（名称到张量的映射）",
-                                     f"{str(path)!r} does not hold a state dict (a mapping of names to tensors) but a {kind}"))
+                                     f"{str(path)!r} does not hold a state dict (a mapping of names to tensors) "
+                                     f"but a {kind}"))
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
@@ -284,8 +289,9 @@ def locate_online(source: str, name: str) -> OnlineWeights | None:
         try:
             import timm
         except ImportError:
-            raise WeightsError(bilingual(f"从 timm 获取 {name} 的权重需要安装 timm：{INSTALL_HINT}",
-                                         f"getting the weights of {name} from timm needs timm: {INSTALL_HINT}")) from None
+            raise WeightsError(bilingual(
+                f"从 timm 获取 {name} 的权重需要安装 timm：{INSTALL_HINT}",
+                f"getting the weights of {name} from timm needs timm: {INSTALL_HINT}")) from None
         cfg = timm.models.get_pretrained_cfg(name)
         if cfg is None or not (cfg.hf_hub_id or cfg.url):
             return None
@@ -375,7 +381,8 @@ def _download_hint(where: OnlineWeights, owner: str, line: str) -> tuple[str, st
     return zh, en
 
 
-def fetch_online(source: str, name: str, owner: str = "", line: str = "", others: Sequence[str] = ()) -> dict[str, torch.Tensor]:
+def fetch_online(source: str, name: str, owner: str = "", line: str = "",
+                 others: Sequence[str] = ()) -> dict[str, torch.Tensor]:
     """The published state dict of ``name`` through timm or torchvision: from the local cache if it is there,
     else downloaded; fails within seconds (one line saying what to download) when the host cannot be reached.
 
@@ -395,9 +402,10 @@ def fetch_online(source: str, name: str, owner: str = "", line: str = "", others
         reason = _offline_reason(where)
         if reason is not None:
             hint = _download_hint(where, owner, line)
-            raise WeightsError(bilingual(f"无法获取 {owner} 的预训练权重（{source} {where.hub_id or name}）：{reason[0]}。{hint[0]}",
-                                         f"cannot get the pretrained weights of {owner} ({source} {where.hub_id or name}): "
-                                         f"{reason[1]}. {hint[1]}"))
+            what = f"{source} {where.hub_id or name}"
+            raise WeightsError(bilingual(
+                f"无法获取 {owner} 的预训练权重（{what}）：{reason[0]}。{hint[0]}",
+                f"cannot get the pretrained weights of {owner} ({what}): {reason[1]}. {hint[1]}"))
     try:
         if source == "timm":
             from .nn.timm_backbone import import_timm
@@ -410,8 +418,9 @@ def fetch_online(source: str, name: str, owner: str = "", line: str = "", others
     except Exception as e:
         hint = _download_hint(where, owner, line)
         detail = " ".join(f"{type(e).__name__}: {e}".split())[:200]
-        raise WeightsError(bilingual(f"下载 {owner} 的预训练权重失败（{detail}）。{hint[0]}",
-                                     f"downloading the pretrained weights of {owner} failed ({detail}). {hint[1]}")) from e
+        raise WeightsError(bilingual(
+            f"下载 {owner} 的预训练权重失败（{detail}）。{hint[0]}",
+            f"downloading the pretrained weights of {owner} failed ({detail}). {hint[1]}")) from e
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -752,7 +761,8 @@ def _carry_into_next_training(yolo, parts: Sequence[_Loaded]) -> None:
             for report in reports:
                 LOGGER.info(f"ultralytics-addmodules: into the model being trained: {report}")
         note = f"; {len(skipped)} not copied (other shape here): {', '.join(skipped[:3])}" if skipped else ""
-        LOGGER.info(f"ultralytics-addmodules: training starts from the loaded pretrained weights ({copied} tensors{note})")
+        LOGGER.info(f"ultralytics-addmodules: training starts from the loaded pretrained weights "
+                    f"({copied} tensors{note})")
 
     start_from_pretrained._addmodules_pretrained = True
     yolo.add_callback("on_pretrain_routine_end", start_from_pretrained)
