@@ -191,10 +191,10 @@ def test_transfer_table_is_what_load_pretrained_reports(workspace, monkeypatch):
 @pytest.mark.parametrize("name", ["train.py imagenet", "train.py freeze", "train.py combined"])
 def test_train_py_snippets(name, workspace, tmp_path):
     run = tmp_path / "run"
-    shutil.copytree(workspace, run)
+    shutil.copytree(workspace, run, ignore=shutil.ignore_patterns("runs"))  # other tests may have trained there
     args = snippet(name).split()[2:]  # after "python train.py"
     quick = ["--data", str(run / "dataset" / "data.yaml"), "--epochs", "1", "--imgsz", "64", "--batch", "2",
-             "--workers", "0", "--device", "cpu", "--project", str(run / "runs"), "--name", "doc", "--no-plots"]
+             "--workers", "0", "--device", "cpu", "--project", str(tmp_path / "runs"), "--name", "doc", "--no-plots"]
     env = {**os.environ, "YOLO_OFFLINE": "true", "YOLO_VERBOSE": "true", "PYTHONPATH": str(REPO)}
     result = subprocess.run([sys.executable, str(REPO / "train.py"), *args, *quick], cwd=run, env=env,
                             capture_output=True, text=True, timeout=900)
@@ -205,4 +205,4 @@ def test_train_py_snippets(name, workspace, tmp_path):
         assert "backbone frozen" in log
     if "yolo11n.pt" in args:
         assert "neck/head by structure" in log
-    assert (run / "runs" / "doc" / "weights" / "last.pt").is_file()
+    assert (tmp_path / "runs" / "doc" / "weights" / "last.pt").is_file()
