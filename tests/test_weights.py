@@ -4,6 +4,7 @@ weights, width errors that name a YAML that works, freeze_backbone across resume
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import time
@@ -347,9 +348,10 @@ def _train_until_start(yolo, data, tmp_path, name="run", **extra) -> dict:
         raise _Stop
 
     yolo.add_callback("on_train_start", capture)
+    args = dict(data=str(data), epochs=1, imgsz=64, batch=2, device="cpu", workers=0, project=str(tmp_path),
+                name=name, plots=False, exist_ok=True)
     with pytest.raises(_Stop):
-        yolo.train(data=str(data), epochs=1, imgsz=64, batch=2, device="cpu", workers=0, project=str(tmp_path),
-                   name=name, plots=False, exist_ok=True, **extra)
+        yolo.train(**{**args, **extra})
     yolo.callbacks["on_train_start"].remove(capture)
     return seen
 
@@ -377,15 +379,13 @@ def test_checkpoint_yaml_weights_are_not_reloaded_when_fine_tuning(small_sd_file
     shutil.copy(small_sd_file, work / "mnv4.pth")
     cfg = _yaml_with_backbone_args([1.0, "mnv4.pth"])
     (work / "model.yaml").write_text(yaml.safe_dump({k: v for k, v in cfg.items() if k != "yaml_file"}))
-    yolo = YOLO(str(work / "model.yaml"))
-    yolo.train(data=str(tiny_data), epochs=1, imgsz=64, batch=2, device="cpu", workers=0, project=str(tmp_path),
-               name="first", plots=False, val=False)
+    trained = YOLO(str(work / "model.yaml")).model
+    with torch.no_grad():
+        trained.model[0].stem.conv.weight.mul_(-1)  # stands in for training: not what the weights file holds
+    torch.save({"epoch": -1, "model": deepcopy(trained).half(), "train_args": {}}, work / "trained.pt")
     (work / "mnv4.pth").unlink()
-    best = tmp_path / "first" / "weights" / "last.pt"
-    again = YOLO(str(best))
-    again.train(data=str(tiny_data), epochs=1, imgsz=64, batch=2, device="cpu", workers=0, project=str(tmp_path),
-                name="second", plots=False, val=False)
-    assert (tmp_path / "second" / "weights" / "last.pt").is_file()
+    seen = _train_until_start(YOLO(str(work / "trained.pt")), tiny_data, tmp_path)
+    assert torch.equal(seen["model"]["model.0.stem.conv.weight"], trained.model[0].stem.conv.weight.half().float())
 
 
 # --- freeze_backbone ---------------------------------------------------------------------------------------------
@@ -450,6 +450,13 @@ def _run_train_py(*args, cwd: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600)
 
 
+def _import_train_script():
+    spec = importlib.util.spec_from_file_location("train_script", REPO / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="module")
 def family_state_dicts(tmp_path_factory):
     """A random-weight state dict per family, saved from the reference library's own model."""
@@ -470,15 +477,25 @@ def family_state_dicts(tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["MobileNetV4", "MobileNetV1", "EfficientNetV1", "EfficientNetV2"])
-def test_train_py_with_a_pretrained_yaml_and_a_state_dict(family, family_state_dicts, tiny_data, tmp_path):
-    result = _run_train_py("--model", f"yolo11n-{family}-pretrained.yaml", "--pretrained", family_state_dicts[family],
-                           "--data", tiny_data, "--epochs", 1, "--imgsz", 64, "--batch", 2, "--workers", 0,
-                           "--device", "cpu", "--project", tmp_path / "runs", "--name", "run", "--no-plots",
-                           cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    log = result.stdout + result.stderr
-    assert "loaded pretrained" in log and "training starts from the loaded pretrained weights" in log
-    assert (tmp_path / "runs" / "run" / "weights" / "last.pt").is_file()
+def test_train_py_with_a_pretrained_yaml_and_a_state_dict(family, family_state_dicts, tiny_data, tmp_path,
+                                                           monkeypatch):
+    """train.py's own route (main() with --model/--pretrained), stopped once training is about to start."""
+    seen = {}
+    original = YOLO.train
+
+    def train_until_start(self, **kwargs):  # what main() asked for, at a tiny size
+        monkeypatch.setattr(YOLO, "train", original)
+        seen.update(_train_until_start(self, kwargs["data"], tmp_path, seed=kwargs["seed"]))
+
+    monkeypatch.setattr(YOLO, "train", train_until_start)
+    yaml_name = f"yolo11n-{family}-pretrained.yaml"
+    _import_train_script().main(["--model", yaml_name, "--pretrained", str(family_state_dicts[family]),
+                                 "--data", str(tiny_data), "--device", "cpu", "--workers", "0", "--no-plots"])
+    _, _, name, args = yaml_model_load(yaml_name)["backbone"][0]
+    reference = lookup(name).cls(3, *args)
+    load_pretrained(reference, family_state_dicts[family], verbose=False)
+    expected = {f"model.0.{k}": v for k, v in reference.state_dict().items()}
+    assert all(torch.equal(seen["model"][k], v) for k, v in expected.items())
 
 
 @pytest.mark.slow
