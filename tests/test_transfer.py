@@ -51,7 +51,8 @@ def _same_shape_pairs(model, stock, layers, offset):
     return pairs, total
 
 
-@pytest.mark.parametrize("family", SWAPPED)
+@pytest.mark.parametrize("family", [pytest.param(f, marks=[] if f == "MobileNetV4" else pytest.mark.slow)
+                                    for f in SWAPPED])
 def test_neck_and_head_transfer_by_role(family, checkpoints, stock_models):
     yolo = YOLO(f"yolo11n-{family}.yaml")
     backbone_before = {k: v.clone() for k, v in yolo.model.model[0].state_dict().items()}
@@ -68,6 +69,7 @@ def test_neck_and_head_transfer_by_role(family, checkpoints, stock_models):
     assert "\n" not in line and f"{report.tensors}/{total} tensors" in line and "by structure" in line
 
 
+@pytest.mark.slow
 def test_stock_transfer_by_index_would_copy_nothing_useful(checkpoints):
     # the problem being solved: Ultralytics' own transfer matches keys (layer indices) and shapes
     yolo = YOLO("yolo11n-MobileNetV4.yaml")
