@@ -42,6 +42,7 @@ PRETRAINED = None  # pretrained weights (see docs/pretrained.md): a timm/torchvi
 FREEZE_BACKBONE = 0  # keep the backbone frozen for this many first epochs (useful with PRETRAINED)
 SEED = 0  # same seed, same data order and initial weights
 PLOTS = True  # training plots (results.png, label plots, sample mosaics)
+SKIP_BAD_IMAGES = False  # True: train without the images that do not decode (default: stop and list them)
 # ---------------------------------------------------------------------------------------------------
 
 
@@ -65,6 +66,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"freeze the backbone for the first N epochs (default: {FREEZE_BACKBONE})")
     p.add_argument("--seed", type=int, default=SEED, help=f"default: {SEED}")
     p.add_argument("--no-plots", dest="plots", action="store_false", default=PLOTS, help="skip plots")
+    p.add_argument("--skip-bad-images", action="store_true", default=SKIP_BAD_IMAGES,
+                   help="跳过无法解码的图片继续训练 | train without the images that do not decode "
+                        "(default: stop and list them)")
     args = p.parse_args(argv)
     if args.pretrained is None and PRETRAINED:
         args.pretrained = [PRETRAINED] if isinstance(PRETRAINED, (str, Path)) else list(PRETRAINED)
@@ -108,20 +112,73 @@ def resume(args: argparse.Namespace) -> None:
     model.train(resume=True, device=args.device or default_device())
 
 
+# --- the dataset check (python -m ultralytics_addmodules check runs the same) --------------------------
+DEMO_EPOCHS = 20  # the quick demo's schedule (EPOCHS above as shipped): far too short for real data
+USUAL_IMGSZ = 640  # Ultralytics' default image size
+
+
+def fail_lines(lines: list[str]) -> None:
+    """Every problem on its own line on stderr, then a non-zero exit."""
+    for line in lines:
+        print(f"train.py: error: {line}", file=sys.stderr)
+    sys.exit(2)
+
+
+def dataset_warnings(summary, args: argparse.Namespace) -> list[str]:
+    """Settings that do not fit the dataset: images much larger than --imgsz, the demo's epochs on other data."""
+    from ultralytics_addmodules.dataset_check import format_problems
+    from ultralytics_addmodules.messages import bilingual
+
+    lines = format_problems(summary.warnings)
+    side = summary.splits["train"].median_long_side
+    if side and side >= 2 * args.imgsz and args.imgsz < USUAL_IMGSZ:
+        lines.append(bilingual(
+            f"训练图片的长边中位数是 {side} 像素，--imgsz 只有 {args.imgsz}：图片会缩小到 1/{side // args.imgsz}，小目标会看不清；"
+            f"真实数据通常用 --imgsz {USUAL_IMGSZ}（或改 train.py 里的 IMGSZ）",
+            f"training images are {side} px (median longest side) but --imgsz is {args.imgsz}: images shrink "
+            f"{side // args.imgsz}x and small objects get lost; real data usually trains at --imgsz {USUAL_IMGSZ} "
+            f"(or IMGSZ in train.py)"))
+    if not summary.is_demo and args.epochs == DEMO_EPOCHS:
+        lines.append(bilingual(
+            f"这不是示例数据集，但训练轮数还是示例的 {DEMO_EPOCHS} 轮；真实数据通常需要 100-300 轮（--epochs 或 train.py 里的 EPOCHS）",
+            f"this is not the sample dataset but the epochs are still the demo's {DEMO_EPOCHS}; real data usually "
+            f"needs 100-300 (--epochs, or EPOCHS in train.py)"))
+    return lines
+
+
+def check_data(args: argparse.Namespace, task: str | None = None) -> Path:
+    """Run the full dataset check; stop with every problem listed, or return the data YAML to train on."""
+    from ultralytics_addmodules.dataset_check import DatasetError, check_dataset, format_problems
+    from ultralytics_addmodules.messages import bilingual
+
+    try:
+        summary = check_dataset(args.data, task=task, skip_bad_images=args.skip_bad_images)
+    except DatasetError as e:
+        for line in format_problems(e.warnings):  # e.g. the sample's class names left in place: often the cause
+            print(f"train.py: warning: {line}", file=sys.stderr)
+        lines = e.lines()
+        if e.corrupt_images:
+            lines.append(bilingual("加上 --skip-bad-images 可以跳过无法解码的图片继续训练",
+                                   "add --skip-bad-images to train without the images that do not decode"))
+        fail_lines(lines)
+    print(summary)
+    for line in dataset_warnings(summary, args):
+        print(f"train.py: warning: {line}", file=sys.stderr)
+    if summary.bad_images:
+        data = summary.without_bad_images()
+        print(bilingual(f"跳过 {len(summary.bad_images)} 张无法解码的图片，训练用 {data}",
+                        f"skipping {len(summary.bad_images)} images that do not decode; training on {data}"))
+        return data
+    return summary.yaml_file
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     import ultralytics_addmodules  # noqa: F401  (teaches Ultralytics the new modules, if not yet done)
     from ultralytics import YOLO
-    from ultralytics_addmodules.dataset_check import DatasetError, check_dataset
 
     if args.resume:
         return resume(args)
-
-    try:
-        summary = check_dataset(args.data)
-    except DatasetError as e:
-        fail(str(e))
-    print(summary)
 
     from ultralytics_addmodules.weights import WeightsError
 
@@ -131,6 +188,9 @@ def main(argv: list[str] | None = None) -> None:
         fail(str(e))
     except FileNotFoundError as e:
         fail(f"model not found: {args.model} ({e})")
+    except ultralytics_addmodules.ModelYAMLError as e:  # already one line naming the layer and the bad value
+        fail(f"{args.model}: {e}")
+    data = check_data(args, task=model.task)  # labels are checked in the format of the model's task
     if args.pretrained:
         try:  # also the starting point of model.train() below
             ultralytics_addmodules.load_pretrained(model, args.pretrained)
@@ -145,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
             fail(f"--freeze-backbone: {e}")
 
     model.train(
-        data=str(summary.yaml_file),  # absolute: Ultralytics then finds the dataset from any directory
+        data=str(data),  # absolute: Ultralytics then finds the dataset from any directory
         epochs=args.epochs,
         imgsz=args.imgsz,
         batch=args.batch,

@@ -2,9 +2,9 @@
 
 It only puts a tiny finder on ``sys.meta_path`` (standard library only, no torch, no wrapt: this runs in
 every Python process of the environment). When the ``ultralytics`` package finishes importing, the finder's
-loader calls ``ultralytics_addmodules.activate()``. We wait for the whole package rather than
-``ultralytics.nn.tasks`` itself because tasks is first imported half-way through ``ultralytics/__init__``,
-when ``Model`` does not exist yet. ``ULTRALYTICS_ADDMODULES=0`` disables the hook.
+loader activates the add-on. We wait for the whole package rather than ``ultralytics.nn.tasks`` itself
+because tasks is first imported half-way through ``ultralytics/__init__``, when ``Model`` does not exist yet.
+``ULTRALYTICS_ADDMODULES=0`` disables the hook.
 """
 
 import os
@@ -54,8 +54,8 @@ def _activate():
         ultralytics_addmodules.activate()
     except Exception as e:  # never break Ultralytics itself because the add-on failed
         sys.stderr.write(
-            f"ultralytics-addmodules: activation failed ({type(e).__name__}: {e}); "
-            "Ultralytics runs without the extra modules\n"
+            f"ultralytics-addmodules: 激活失败 ({type(e).__name__}: {e})，Ultralytics 以原版运行 | "
+            f"activation failed ({type(e).__name__}: {e}); Ultralytics runs stock\n"
         )
 
 

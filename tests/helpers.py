@@ -119,3 +119,21 @@ def save_like_ultralytics(yaml_name: str, path: Path, seed: int = 0) -> Path:
                 "optimizer": None, "train_args": dict(DEFAULT_CFG_DICT), "date": None, "version": "8.3.0"}, path)
     strip_optimizer(path)
     return path
+
+
+def release() -> tuple[int, int]:
+    """(major, minor) of the installed Ultralytics."""
+    import ultralytics
+
+    from ultralytics_addmodules.compat import version_tuple
+
+    return version_tuple(ultralytics.__version__)[:2]
+
+
+def needs_newer_release(yaml_path: Path) -> bool:
+    """Whether a shipped model YAML needs a newer Ultralytics than the installed one (YOLO12/YOLO26 need 8.4)."""
+    import yaml
+
+    d = yaml.safe_load(Path(yaml_path).read_text())
+    uses_84 = "end2end" in d or any(row[2] == "A2C2f" for row in d["backbone"] + d["head"])
+    return uses_84 and release() < (8, 4)

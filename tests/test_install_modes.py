@@ -58,3 +58,48 @@ def test_install_mode(tmp_path, editable):
         assert location.startswith(child_site)
     assert int(result[1][1]) == len(list((REPO / "yaml").glob("*.yaml")))
     assert site  # keep the import explicit: the main env's site layout is what we point at
+
+
+def _oldest_python() -> tuple[str, str | None]:
+    """The oldest Python version pyproject.toml claims, and an interpreter of it on this machine (or None)."""
+    import re
+    import shutil
+    from pathlib import Path
+
+    claim = re.search(r'requires-python\s*=\s*">=\s*([0-9.]+)"', (REPO / "pyproject.toml").read_text()).group(1)
+    found = shutil.which(f"python{claim}")
+    pyenv = sorted(Path.home().glob(f".pyenv/versions/{claim}.*/bin/python{claim}"))
+    return claim, found or (str(pyenv[-1]) if pyenv else None)
+
+
+@pytest.mark.slow
+def test_installs_and_imports_on_the_oldest_claimed_python(tmp_path):
+    """requires-python is true: the wheel installs into the oldest claimed Python, every module compiles there,
+    and the torch-free parts (start-up hook, registry, messages, version guard) import and work."""
+    claim, interpreter = _oldest_python()
+    if interpreter is None:
+        pytest.skip(f"no Python {claim} on this machine to check the requires-python claim against")
+    pytest.importorskip("hatchling")
+    wheel_dir = tmp_path / "wheel"
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                            "--no-index", "-w", str(wheel_dir), str(REPO)], capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr[-3000:]
+    env_dir = tmp_path / "old"
+    subprocess.run([interpreter, "-m", "venv", "--without-pip", str(env_dir)], check=True)
+    python = env_dir / "bin" / "python"
+    install = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
+                              "--no-index", *map(str, wheel_dir.glob("*.whl"))], capture_output=True, text=True)
+    assert install.returncode == 0, install.stderr[-3000:]
+    code = textwrap.dedent("""
+        import compileall, sys, pathlib
+        import ultralytics_addmodules as addon  # no Ultralytics here: activation waits for its import
+        from ultralytics_addmodules import compat, messages, registry
+        ok = compileall.compile_dir(pathlib.Path(addon.__file__).parent, quiet=1)
+        finders = [type(f).__name__ for f in sys.meta_path]
+        print('RESULT', sys.version_info[:2], ok, 'torch' in sys.modules, 'UltralyticsFinder' in finders,
+              compat.is_supported('8.3.0'), registry.make_divisible(20))
+    """)
+    r = subprocess.run([str(python), "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    major, minor = map(int, claim.split("."))
+    assert f"RESULT ({major}, {minor}) True False True True 24" in r.stdout

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import REPO
+from helpers import REPO, make_tiny_dataset
 
-from ultralytics_addmodules.dataset_check import absolute_data_yaml, check_dataset
+from ultralytics_addmodules.dataset_check import DatasetError, absolute_data_yaml, check_dataset
 
 DATASET = REPO / "dataset"
 QUICK_TRAINING_LIMIT_S = 600  # the README promises the quick demo in minutes on a 2-core CPU
@@ -103,3 +103,84 @@ def test_quick_default_training_reaches_map50(model, tmp_path):
           f"mAP50-95 {rows[-1]['metrics/mAP50-95(B)']:.3f}")
     assert final_map50 >= 0.3, f"mAP50 {final_map50:.3f} after {len(rows)} epochs"
     assert elapsed < QUICK_TRAINING_LIMIT_S, f"quick training took {elapsed:.0f} s"
+
+
+# --- docs/workflow.md: its promises, tested --------------------------------------------------------------
+WORKFLOW_DOC = REPO / "docs" / "workflow.md"
+
+
+def test_docs_list_every_train_py_option(capsys):
+    import importlib.util
+    import re
+
+    spec = importlib.util.spec_from_file_location("train_script_doc", REPO / "train.py")
+    train_script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_script)
+    with pytest.raises(SystemExit):
+        train_script.parse_args(["--help"])
+    usage = capsys.readouterr().out.split("\n\n")[0]  # the usage block lists every option once
+    options = set(re.findall(r"\[(--[a-z-]+)", usage)) - {"--help"}
+    assert len(options) > 10, usage
+    text = WORKFLOW_DOC.read_text(encoding="utf-8")
+    for lead in ("全部参数：", "All options: "):
+        listed = text.split(lead, 1)[1].split("`")[1].split()
+        assert set(listed) == options, lead
+
+
+def test_docs_error_example_is_what_the_check_prints(tmp_path):
+    root = tmp_path / "data"
+    data = make_tiny_dataset(root, n_train=2, n_val=4, nc=3)
+    data.write_text("train: train/images\nval: val/images\nnames:\n  0: a\n  1: b\n  2: c\n")
+    label = root / "val" / "labels" / "003.txt"
+    label.rename(root / "val" / "labels" / "0003.txt")
+    (root / "val" / "images" / "003.jpg").rename(root / "val" / "images" / "0003.jpg")
+    (root / "val" / "labels" / "0003.txt").write_text("0 0.5 0.5 0.2 0.2\n7 0.5 0.5 0.2 0.2\n")
+    with pytest.raises(DatasetError) as info:
+        check_dataset(data)
+    printed = "train.py: error: " + str(info.value.problems[0]).replace(str(tmp_path), "")
+    assert WORKFLOW_DOC.read_text(encoding="utf-8").count(f"\n{printed}\n") == 2  # Chinese and English sections
+
+
+def test_offline_plots_with_ascii_names_fall_back_to_pils_font(tmp_path, monkeypatch):
+    import urllib.request
+
+    import numpy as np
+    from ultralytics.utils import checks, plotting
+
+    def refuse(*args, **kwargs):
+        raise OSError("offline")
+
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    monkeypatch.setattr(checks, "USER_CONFIG_DIR", tmp_path)  # no Arial.ttf downloaded earlier
+    annotator = plotting.Annotator(np.zeros((64, 64, 3), np.uint8), pil=True, example="abc")
+    assert "Arial" not in str(getattr(annotator.font, "path", ""))
+    annotator.box_label([5, 20, 50, 60], "square", color=(0, 255, 0))
+    assert np.asarray(annotator.result())[:20].any()  # the label was drawn with the fallback font
+
+
+def test_gpu_amp_check_offline_warns_and_goes_on(tmp_path, monkeypatch, caplog):
+    """Cut the network, hand check_amp a model that says it lives on CUDA: it must warn and return True."""
+    import logging
+    import socket
+
+    import torch
+    from ultralytics.utils import checks
+
+    def no_network(*args, **kwargs):
+        raise OSError("network disabled by the test")
+
+    for name in ("getaddrinfo", "create_connection"):
+        monkeypatch.setattr(socket, name, no_network)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.chdir(tmp_path)  # where Ultralytics would download yolov8n.pt
+
+    class CudaParameter:  # all check_amp reads of a model: its first parameter's device
+        device = torch.device("cuda")
+
+    class OnCuda(torch.nn.Module):
+        def parameters(self, recurse=True):
+            yield CudaParameter()
+
+    with caplog.at_level(logging.WARNING, logger="ultralytics"):
+        assert checks.check_amp(OnCuda()) is True
+    assert "offline" in caplog.text and not (tmp_path / "yolov8n.pt").exists()

@@ -1,50 +1,64 @@
 """ultralytics-addmodules: lightweight backbones (MobileNetV1/V4, EfficientNetV1/V2) and C3_UIB for stock
-Ultralytics 8.3.0, without forking it.
+Ultralytics, without forking it.
 
-Importing this package activates it (unless ``ULTRALYTICS_ADDMODULES=0``); an installed copy also
-activates itself in every process as soon as Ultralytics is imported (see ``ultralytics_addmodules_autoload``).
+``import ultralytics_addmodules`` activates the add-on (unless ``ULTRALYTICS_ADDMODULES=0``): Ultralytics is
+patched as soon as it is imported, right away if it already is. An installed copy does the same in every
+process through its start-up hook (``ultralytics_addmodules_autoload``), so plain ``from ultralytics import YOLO``
+knows the new modules. Importing this package or a submodule (``registry``, ``nn``, ``weights``) never imports
+Ultralytics by itself: with the start-up hook installed, patching waits for Ultralytics' own import.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
-from . import nn as _families  # noqa: F401  (importing the families registers their YAML names)
-from .nn.backbone import Backbone
+from . import registry as _registry
+from .messages import ModelYAMLError, bilingual
 from .registry import (
     ChannelRule,
     ConcatChannels,
     InputChannelList,
     MultiOutputBackbone,
+    Registration,
     SameChannels,
     ScaledOutput,
-    lookup,
     register_module,
-    registered_names,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-_state = {"active": False, "activating": False}
+_state = {"active": False, "activating": False, "pending": False, "attempted": False}
+
+
+class PluginError(ImportError):
+    """A module named in ULTRALYTICS_ADDMODULES_PLUGINS failed to import (any exception, SystemExit included)."""
 
 
 def activate() -> bool:
     """Teach Ultralytics the new modules (idempotent). Returns True once active.
 
-    Safe to call at any time; the automatic hook and ``import ultralytics_addmodules`` call it for you.
+    Imports Ultralytics if needed. On an Ultralytics release the add-on does not support, or when a plugin
+    fails, nothing stays patched, one line says why, and this returns False. It is tried once per process, so
+    the failure is reported once.
     """
-    if _state["active"] or _state["activating"]:
+    if _state["active"] or _state["activating"] or _state["attempted"]:
         return _state["active"]
-    _state["activating"] = True  # importing Ultralytics below fires the import hook, which calls us again
+    loading = sys.modules.get(f"{__name__}.patch")
+    if loading is not None and not hasattr(loading, "activate"):
+        # patch.py's own import of Ultralytics fired the start-up hook; patch.py finishes this when loaded
+        _state["pending"] = True
+        return False
+    _state["activating"] = True  # importing Ultralytics below fires the start-up hook, which calls us again
+    _state["attempted"] = True
     try:
+        _load_families()
         from . import patch
 
-        patch.apply()
-        _import_plugins()
-        _state["active"] = True
+        _state["active"] = patch.activate(_import_plugins)
     finally:
         _state["activating"] = False
-    return True
+    return _state["active"]
 
 
 def _import_plugins() -> None:
@@ -58,28 +72,65 @@ def _import_plugins() -> None:
     for name in filter(None, (p.strip() for p in os.environ.get("ULTRALYTICS_ADDMODULES_PLUGINS", "").split(","))):
         try:
             importlib.import_module(name)
-        except ImportError as e:
-            raise ImportError(f"ULTRALYTICS_ADDMODULES_PLUGINS names {name!r}, which cannot be imported: {e}") from e
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:  # noqa: B902 - SystemExit in a plugin must not end the user's process
+            raise PluginError(f"ULTRALYTICS_ADDMODULES_PLUGINS: plugin {name!r} failed to import "
+                              f"({type(e).__name__}: {e})") from None
+
+
+def _load_families() -> None:
+    from . import nn  # noqa: F401  (importing the families registers their YAML names; needs torch)
+
+
+def backbones() -> list[str]:
+    """YAML names of every registered multi-output backbone: ours and plugins', sorted."""
+    _load_families()
+    return _registry.backbones()
+
+
+def registered_names() -> list[str]:
+    """Every YAML module name the parser knows (Ultralytics' own too, once active), sorted."""
+    _load_families()
+    return _registry.registered_names()
+
+
+def lookup(name: str) -> Registration | None:
+    """The registration (class, channel rule) of a YAML module name, or None."""
+    _load_families()
+    return _registry.lookup(name)
 
 
 def is_active() -> bool:
-    """Whether Ultralytics has been patched in this process."""
-    return _state["active"]
+    """Whether Ultralytics is patched with the add-on's modules in this process right now."""
+    if not _state["active"]:
+        return False
+    from . import patch
+
+    return patch.is_patched()
 
 
 def load_pretrained(model, source, **kwargs):
-    """Load ImageNet weights into the backbone(s) of ``model``; see ``ultralytics_addmodules.weights``."""
+    """Load pretrained weights into ``model``; see ``ultralytics_addmodules.weights.load_pretrained``."""
     from .weights import load_pretrained as _load
 
     return _load(model, source, **kwargs)
 
 
-def backbones() -> list[str]:
-    """YAML names of all registered multi-output backbones."""
-    return [n for n in registered_names() if lookup(n).rule.multi_output]
+def __getattr__(name: str):
+    # Heavy or derived names on first use, so that importing the package stays cheap.
+    if name == "Backbone":
+        from .nn.backbone import Backbone
+
+        return Backbone
+    if name == "BACKBONES":  # kept for round-1 code; backbones() is the list (plugins' included)
+        return tuple(backbones())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-BACKBONES = tuple(backbones())
+def _hook_installed() -> bool:
+    return any(type(f).__name__ == "UltralyticsFinder" for f in sys.meta_path)
+
 
 __all__ = [
     "BACKBONES",
@@ -87,16 +138,23 @@ __all__ = [
     "ChannelRule",
     "ConcatChannels",
     "InputChannelList",
+    "ModelYAMLError",
     "MultiOutputBackbone",
+    "PluginError",
+    "Registration",
     "SameChannels",
     "ScaledOutput",
     "activate",
     "backbones",
+    "bilingual",
     "is_active",
     "load_pretrained",
+    "lookup",
     "register_module",
     "registered_names",
 ]
 
 if os.environ.get("ULTRALYTICS_ADDMODULES", "1") != "0":
-    activate()
+    if "ultralytics" in sys.modules or not _hook_installed():
+        activate()
+    # else: the start-up hook activates the add-on when Ultralytics finishes importing

@@ -13,6 +13,7 @@ import sys
 # name -> (module inside this package, one-line help)
 SUBCOMMANDS = {
     "compare": ("compare", "compare model YAMLs: params, GFLOPs, latency, mAP (table + Pareto plot)"),
+    "check": ("dataset_check", "检查数据集 | check a dataset: YAML, names, classes.txt, labels, every image"),
 }
 
 

@@ -1,34 +1,53 @@
 """The only module that touches Ultralytics internals.
 
-``apply()`` registers every Ultralytics 8.3.0 module with its channel rule and rebinds a handful of
-functions: ``tasks.parse_model`` (our registry-driven parser), ``check_yaml`` (bare names of our shipped
-YAMLs resolve anywhere), ``BaseModel.fuse`` (also folds BatchNorm inside our modules),
-``initialize_weights`` (backbones keep their reference BatchNorm eps), checkpoint loading (clear errors for
-corrupt files and missing modules instead of an automatic pip install), ``check_det_dataset`` (a relative
-data YAML path resolves next to the YAML) and the ONNX export
-(``Model.export`` keeps 8.3.0's TorchScript-based ONNX exporter on torch versions whose default became
-the dynamo exporter).
+``activate(plugins)`` checks the installed Ultralytics against ``compat.SUPPORTED_ULTRALYTICS``. On a supported
+release it registers that release's own modules with their channel rules (tables below, one per release) and
+rebinds a handful of functions; on any other release it changes nothing Ultralytics does and only makes our
+YAML names fail with one line naming the supported releases. Activation is all-or-nothing: if any step or any
+plugin import fails, every replaced function is put back and the registry is restored.
+
+What is rebound, and why:
+
+* ``tasks.parse_model``: a YAML that names none of our modules goes to the release's own parse_model untouched
+  (after a structure check that only rejects what would crash it, with one clear line instead); a YAML with
+  our modules goes to our registry-driven parser (``parser.py``), which follows the release's rules.
+* ``DetectionModel.__init__``: when the first forward (stride computation) fails, say which layer's inputs do
+  not fit instead of a bare tensor-size error.
+* ``check_yaml``: bare names of our shipped YAMLs resolve anywhere.
+* ``BaseModel.fuse``: also folds BatchNorm inside our modules (8.4 passes ``imgsz``, which is forwarded).
+* ``initialize_weights``: backbones keep their reference BatchNorm eps and in-place flags.
+* checkpoint loading: clear errors (same exception types as stock) instead of an automatic pip install.
+* ``check_det_dataset``: a relative data YAML path resolves next to the YAML.
+* ``Model.export``: 8.3.0's TorchScript-based ONNX exporter on torch versions that default to dynamo.
+* ``check_pip_update_available``: after Ultralytics' own upgrade hint, one line on what upgrading means here.
+* ``BaseTrainer.get_dataset``: the cheap part of our dataset check runs before Ultralytics reads the data.
+* ``check_font`` and the PIL ``Annotator``: a local CJK font (the ``[cjk]`` extra) for Chinese class names, never
+  a font download.
+
 Nothing else in the package knows how Ultralytics is patched.
 """
 
 from __future__ import annotations
 
-import ast
 import functools
 import inspect
 import pickle
 import sys
 import weakref
 import zipfile
+from copy import deepcopy
+from typing import Any, Callable
 
 import torch
+import ultralytics
 from torch import nn
 from ultralytics.nn import modules as ul
 from ultralytics.nn import tasks
-from ultralytics.utils import LOGGER, VERBOSE, checks
+from ultralytics.utils import LOGGER, checks
 
-from . import parser
+from . import compat, dataset_check, fonts, parser
 from .dataset_check import absolute_data_yaml
+from .messages import ModelYAMLError, bilingual
 from .model_yamls import find_model_yaml
 from .nn.backbone import Backbone
 from .nn.common import fuse_modules
@@ -41,26 +60,52 @@ from .registry import (
     SameChannels,
     ScaledOutput,
     make_divisible,
-    register_module,
+    register_stock_module,
     registered_names,
+    restore,
+    snapshot,
 )
 
-STOCK: dict = {}  # the original Ultralytics functions, saved once before they are replaced
+STOCK: dict[str, Any] = {}  # the original Ultralytics functions, saved before they are replaced
+DIALECT = parser.Dialect()  # how the installed release reads YAMLs; filled in by activate()
 
 
-# --- channel rules that only Ultralytics' own modules need -------------------------------------------
+# --- channel rules that only Ultralytics' own modules need ------------------------------------------------
 class C3k2Rule(ScaledOutput):
-    """C3k2 switches to C3k inner blocks (``c3k=True``) at the m/l/x scales."""
+    """C3k2 switches to C3k inner blocks (``c3k=True``) at the m/l/x scales.
+
+    ``fill_missing``: 8.4 also supplies c3k when the YAML line omits it (slice assignment); 8.3 indexes it.
+    """
+
+    def __init__(self, fill_missing: bool = False):
+        super().__init__(repeats_in_args=True, marks_modern=True)
+        self.fill_missing = fill_missing
 
     def resolve(self, args: list, ctx: LayerContext) -> Resolved:
         r = super().resolve(args, ctx)
         if ctx.scale and ctx.scale in "mlx":
-            r.args[3] = True
+            if self.fill_missing:
+                r.args[3:4] = [True]
+            else:
+                r.args[3] = True
+        return r
+
+
+class A2C2fRule(ScaledOutput):
+    """A2C2f (YOLO12, 8.4) adds a residual with MLP ratio 1.2 at the l/x scales."""
+
+    def __init__(self):
+        super().__init__(repeats_in_args=True, marks_modern=True)
+
+    def resolve(self, args: list, ctx: LayerContext) -> Resolved:
+        r = super().resolve(args, ctx)
+        if ctx.scale in {"l", "x"}:
+            r.args.extend((True, 1.2))
         return r
 
 
 class C2fAttnRule(ScaledOutput):
-    """C2fAttn also scales its embedding channels (arg 1) and head count (arg 2)."""
+    """C2fAttn also scales its embedding channels (arg 1) and head count (arg 2), as 8.3 does."""
 
     def resolve(self, args: list, ctx: LayerContext) -> Resolved:
         args = list(args)
@@ -68,6 +113,29 @@ class C2fAttnRule(ScaledOutput):
         args[1] = make_divisible(min(args[1], half) * ctx.width, 8)
         args[2] = int(max(round(min(args[2], half // 32)) * ctx.width, 1) if args[2] > 1 else args[2])
         return super().resolve(args, ctx)
+
+
+class C2fAttnRule84(ScaledOutput):
+    """C2fAttn in 8.4: head count as in 8.3, embedding channels follow the hidden width ``c2 * e``."""
+
+    def resolve(self, args: list, ctx: LayerContext) -> Resolved:
+        args = list(args)
+        c2 = self.scale_channels(args[0], ctx)
+        args[2] = int(max(round(min(args[2], ctx.max_channels // 2 // 32)) * ctx.width, 1) if args[2] > 1 else args[2])
+        hidden = int(c2 * (args[6] if len(args) > 6 else 0.5))
+        if hidden % args[2]:
+            raise ValueError(f"C2fAttn hidden channels {hidden} must be divisible by the head count {args[2]}")
+        args[1] = hidden
+        return super().resolve(args, ctx)
+
+
+class SPPFRule(ScaledOutput):
+    """8.4: SPPF lines written before YOLO26 (at most ``[c2, k]``) keep the activation on ``cv1``."""
+
+    def finalize(self, module: Any, resolved: Resolved, ctx: LayerContext) -> None:
+        if len(resolved.args) <= 3:
+            for block in module if resolved.repeats > 1 else [module]:
+                block.cv1.act = ul.Conv.default_act
 
 
 class PrependInputChannels(ChannelRule):
@@ -120,82 +188,172 @@ class CBFuseRule(ChannelRule):
         return Resolved(list(args), ctx.ch[ctx.source[-1]], ctx.repeats)
 
 
-def _builtin_rules() -> dict:
-    """Rule of every Ultralytics 8.3.0 module that its parse_model treats specially (data, not code)."""
-    plain, csp, heads = ScaledOutput(), ScaledOutput(repeats_in_args=True), InputChannelList()
-    table = {
-        plain: ("Classify", "Conv", "ConvTranspose", "GhostConv", "Bottleneck", "GhostBottleneck", "SPP", "SPPF",
-                "DWConv", "Focus", "RepNCSPELAN4", "ELAN1", "ADown", "AConv", "SPPELAN", "DWConvTranspose2d",
-                "PSA", "SCDown"),
-        csp: ("BottleneckCSP", "C1", "C2", "C2f", "C3", "C3TR", "C3Ghost", "C3x", "RepC3", "C2fPSA", "C2fCIB",
-              "C2PSA"),
-        C3k2Rule(repeats_in_args=True): ("C3k2",),
+class FirstArgChannels(ChannelRule):
+    """8.4 TorchVision/Index: ``[c2, *args]``; c2 is only the declared output, not a constructor argument."""
+
+    def resolve(self, args: list, ctx: LayerContext) -> Resolved:
+        return Resolved(list(args[1:]), args[0], ctx.repeats)
+
+
+class DepthRule(ChannelRule):
+    """8.4 Depth head: ``[c_mid, ch list]`` (later YAML arguments are dropped, as 8.4 does)."""
+
+    def resolve(self, args: list, ctx: LayerContext) -> Resolved:
+        return Resolved([*args[:1], [ctx.ch[x] for x in ctx.source]], ctx.prev_c2, ctx.repeats)
+
+
+PLAIN = ("Conv", "ConvTranspose", "GhostConv", "Bottleneck", "GhostBottleneck", "SPP", "DWConv", "Focus",
+         "RepNCSPELAN4", "ELAN1", "ADown", "AConv", "SPPELAN", "DWConvTranspose2d", "PSA", "SCDown")
+CSP = ("BottleneckCSP", "C1", "C2", "C2f", "C3", "C3TR", "C3Ghost", "C3x", "RepC3", "C2fPSA", "C2PSA")
+COMMON = {  # rules both releases share
+    ConcatChannels(): ("Concat",),
+    PrependInputChannels(): ("AIFI",),
+    HGRule(): ("HGStem",),
+    HGRule(repeats_at=4): ("HGBlock",),
+    ResNetLayerRule(): ("ResNetLayer",),
+    CBLinearRule(): ("CBLinear",),
+    CBFuseRule(): ("CBFuse",),
+    InputChannelList(insert_at=1): ("RTDETRDecoder",),
+}
+
+
+def _rules_8_3() -> dict:
+    """Rule of every Ultralytics 8.3 module its parse_model treats specially (data, not code)."""
+    return {
+        **COMMON,
+        ScaledOutput(): (*PLAIN, "SPPF", "Classify"),
+        ScaledOutput(repeats_in_args=True): (*CSP, "C2fCIB"),
+        C3k2Rule(): ("C3k2",),
         C2fAttnRule(repeats_in_args=True): ("C2fAttn",),
-        ConcatChannels(): ("Concat",),
-        heads: ("Detect", "WorldDetect", "Pose", "OBB", "ImagePoolingAttn", "v10Detect"),
+        InputChannelList(): ("Detect", "WorldDetect", "Pose", "OBB", "ImagePoolingAttn", "v10Detect"),
         InputChannelList(scale_arg=2): ("Segment",),
-        InputChannelList(insert_at=1): ("RTDETRDecoder",),
-        PrependInputChannels(): ("AIFI",),
-        HGRule(): ("HGStem",),
-        HGRule(repeats_at=4): ("HGBlock",),
-        ResNetLayerRule(): ("ResNetLayer",),
-        CBLinearRule(): ("CBLinear",),
-        CBFuseRule(): ("CBFuse",),
     }
-    rules = {getattr(ul, name): rule for rule, names in table.items() for name in names}
-    rules[nn.ConvTranspose2d] = plain
-    rules[nn.BatchNorm2d] = BatchNormRule()
-    return rules
 
 
-def register_builtin_modules() -> None:
-    """Register every module class Ultralytics 8.3.0 exports, with the rule its parse_model applies."""
-    special = _builtin_rules()
+def _rules_8_4() -> dict:
+    """Rule of every Ultralytics 8.4 module its parse_model treats specially (data, not code)."""
+    heads = dict(extra=("reg_max", "end2end"), sets_legacy=True)
+    return {
+        **COMMON,
+        ScaledOutput(): PLAIN,
+        SPPFRule(): ("SPPF",),
+        ScaledOutput(scale_output=False): ("Classify",),
+        ScaledOutput(repeats_in_args=True): CSP,
+        ScaledOutput(repeats_in_args=True, marks_modern=True): ("C2fCIB",),
+        C3k2Rule(fill_missing=True): ("C3k2",),
+        A2C2fRule(): ("A2C2f",),
+        C2fAttnRule84(repeats_in_args=True): ("C2fAttn",),
+        InputChannelList(**heads): ("Detect", "YOLOEDetect", "Pose", "Pose26", "OBB", "OBB26"),
+        InputChannelList(scale_arg=2, **heads): ("Segment", "Segment26", "YOLOESegment", "YOLOESegment26"),
+        InputChannelList(extra=("reg_max", "end2end")): ("WorldDetect",),
+        InputChannelList(): ("SemanticSegment", "v10Detect"),
+        InputChannelList(insert_at=1): ("ImagePoolingAttn", "RTDETRDecoder"),
+        DepthRule(): ("Depth",),
+        FirstArgChannels(): ("TorchVision", "Index"),
+    }
+
+
+def _dialect(version: tuple[int, ...]) -> tuple[parser.Dialect, dict]:
+    """How this release reads YAMLs, and its rule table."""
+    import torchvision
+
+    if version[:2] >= (8, 4):
+        return parser.Dialect(ultralytics.__version__, keep_nc_unscaled=False, header_keys=("reg_max", "end2end"),
+                              name_prefixes={"nn.": nn, "torchvision.ops.": torchvision.ops},
+                              set_activation=_set_default_activation), _rules_8_4()
+    newer = {name: "8.4" for names in _rules_8_4().values() for name in names if not hasattr(ul, name)}
+    return parser.Dialect(ultralytics.__version__, keep_nc_unscaled=True, newer_keys={"end2end": "8.4", "reg_max": "8.4"},
+                          newer_modules=newer, name_prefixes={"nn.": nn}, set_activation=_set_default_activation), _rules_8_3()
+
+
+def register_builtin_modules(table: dict) -> None:
+    """Register every module class the installed Ultralytics exports, with the rule its parse_model applies."""
+    special = {getattr(ul, name): rule for rule, names in table.items() for name in names if hasattr(ul, name)}
     for name in ul.__all__:
         cls = getattr(ul, name)
         if isinstance(cls, type) and issubclass(cls, nn.Module):
-            register_module(cls, special.get(cls, SameChannels()), name=name)
-    for cls in (nn.ConvTranspose2d, nn.BatchNorm2d):  # written as nn.X in YAMLs; the parser finds their rules
-        register_module(cls, special[cls], name=f"nn.{cls.__name__}")
+            register_stock_module(cls, special.get(cls, SameChannels()), name)
+    # written as nn.X in YAMLs; the parser finds these by class
+    register_stock_module(nn.ConvTranspose2d, ScaledOutput(), "nn.ConvTranspose2d")
+    register_stock_module(nn.BatchNorm2d, BatchNormRule(), "nn.BatchNorm2d")
 
 
-# --- the YAML 'activation:' key ------------------------------------------------------------------------
-def _activation_from_yaml(expr: str) -> nn.Module:
-    """Build ``nn.SiLU()``-style expressions without eval: only torch.nn classes with literal arguments."""
-    error = ValueError(f"activation {expr!r} is not supported; write a torch.nn module call such as 'nn.ReLU()' "
-                       "or 'nn.LeakyReLU(0.1)'")
-    try:
-        call = ast.parse(expr, mode="eval").body
-    except SyntaxError:
-        raise error from None
-    if not isinstance(call, ast.Call):
-        raise error
-    dotted = []
-    node = call.func
-    while isinstance(node, ast.Attribute):
-        dotted.insert(0, node.attr)
-        node = node.value
-    if not isinstance(node, ast.Name) or [node.id, *dotted[:-1]] not in (["nn"], ["torch", "nn"]):
-        raise error
-    cls = getattr(nn, dotted[-1], None) if dotted else None
-    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise error
-    try:
-        args = [ast.literal_eval(a) for a in call.args]
-        kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
-    except ValueError:
-        raise error from None
-    return cls(*args, **kwargs)
+def _set_default_activation(module: nn.Module) -> Callable[[], None]:
+    """Every Conv built after this uses ``module`` (what the YAML key means); returns the undo."""
+    previous = ul.Conv.default_act
+    ul.Conv.default_act = module
+
+    def put_back() -> None:
+        ul.Conv.default_act = previous
+
+    return put_back
 
 
-def _set_default_activation(expr: str) -> None:
-    ul.Conv.default_act = _activation_from_yaml(expr)  # what stock does: every Conv built after this uses it
+# --- the replacements --------------------------------------------------------------------------------------
+def _drop_anchors(d: dict) -> None:
+    """YOLOv5 YAMLs pass ``anchors`` to Detect; Ultralytics 8.x heads are anchor-free, so the argument goes."""
+    if "anchors" not in d:
+        return
+    dropped = False
+    for row in d.get("head") or []:
+        if isinstance(row, list) and len(row) == 4 and isinstance(row[3], list) and "anchors" in row[3]:
+            row[3] = [a for a in row[3] if a != "anchors"]
+            dropped = True
+    if dropped:
+        LOGGER.warning(bilingual("YAML 中的 anchors 不会被使用：Ultralytics 8.x 的检测头是 anchor-free 的",
+                                 "the YAML's anchors are not used: Ultralytics 8.x detection heads are anchor-free"))
 
 
-# --- replacements ----------------------------------------------------------------------------------------
 def _parse_model(d, ch, verbose=True):
-    """Drop-in for ``tasks.parse_model`` (same signature)."""
-    return parser.parse_model(d, ch, verbose, set_activation=_set_default_activation)
+    """Drop-in for ``tasks.parse_model``: stock YAMLs to the release's own parser, ours to the registry parser."""
+    _drop_anchors(d)
+    parser.read_rows(d)  # structure first: one clear line instead of a KeyError/TypeError deep inside
+    parser.read_model_context(d, DIALECT)
+    if d.get("activation"):
+        parser.activation_from_yaml(d["activation"])  # 8.3 would eval() any string; only nn.X(literals) pass
+    if parser.uses_addon_modules(d, DIALECT):
+        return parser.parse_model(d, ch, verbose, DIALECT)
+    previous_act = ul.Conv.default_act
+    try:
+        return STOCK["parse_model"](deepcopy(d), ch, verbose)
+    except Exception as e:
+        # The registry holds this release's rules too: it names the layer and the bad value where stock cannot.
+        try:
+            parser.parse_model(deepcopy(d), ch, False, DIALECT)
+        except ModelYAMLError as clear:
+            raise clear from e
+        raise
+    finally:
+        ul.Conv.default_act = previous_act  # 8.3 leaves the YAML's activation to every later model; 8.4 restores
+
+
+def _detection_model_init(self, *args, **kwargs):
+    """``DetectionModel.__init__`` whose failures name the YAML line or layer at fault (one line)."""
+    try:
+        STOCK["detection_init"](self, *args, **kwargs)
+    except ModelYAMLError:
+        raise
+    except Exception as e:
+        clear = _explain_build_failure(self)
+        if clear is not None:
+            raise clear from e
+        raise
+
+
+def _explain_build_failure(model) -> ModelYAMLError | None:
+    """Why a model failed to build, as one line: a malformed YAML (stock reads it before parsing), or the first
+    layer whose inputs do not fit in the stride forward. None when neither explains it."""
+    d = getattr(model, "yaml", None)
+    if isinstance(d, dict):
+        try:
+            parser.read_rows(d)
+            parser.read_model_context(d, DIALECT)
+        except ModelYAMLError as clear:
+            return clear
+    layers = model._modules.get("model")
+    if isinstance(layers, nn.Sequential) and len(layers) and hasattr(layers[0], "f"):
+        return parser.diagnose_forward(layers, d.get("ch", 3) if isinstance(d, dict) else 3)
+    return None
 
 
 def _check_yaml(file, suffix=(".yaml", ".yml"), hard=True):
@@ -209,10 +367,10 @@ def _check_yaml(file, suffix=(".yaml", ".yml"), hard=True):
     return STOCK["check_yaml"](file, suffix, hard=hard)
 
 
-def _fuse(self, verbose=True):
+def _fuse(self, *args, **kwargs):
     """``BaseModel.fuse`` that first folds the BatchNorms inside our modules, then runs the stock fuse."""
     fuse_modules(self.model)
-    return STOCK["fuse"](self, verbose=verbose)
+    return STOCK["fuse"](self, *args, **kwargs)
 
 
 def _onnx_export_needs_legacy_default() -> bool:
@@ -252,6 +410,18 @@ def _check_det_dataset(dataset, *args, **kwargs):
     return STOCK["check_det_dataset"](absolute_data_yaml(dataset), *args, **kwargs)
 
 
+def _check_pip_update_available():
+    """Ultralytics' upgrade hint, then one line on what upgrading means for the add-on."""
+    available = STOCK["check_pip_update_available"]()
+    if available:
+        LOGGER.info(bilingual(
+            f"ultralytics-addmodules 支持 Ultralytics {compat.supported_text()}；升级到其他版本会关闭扩展模块（原版功能不受影响）",
+            f"ultralytics-addmodules supports Ultralytics {compat.supported_text()}; upgrading to any other release "
+            "turns the add-on's modules off (stock features keep working)",
+        ))
+    return available
+
+
 # Modules a checkpoint of ours may need, and how to get them (instead of Ultralytics' automatic pip install).
 _INSTALL_HINTS = {"timm": "pip install ultralytics-addmodules[timm]",
                   "ultralytics_addmodules": "pip install -U ultralytics-addmodules"}
@@ -279,6 +449,14 @@ def _is_corrupt_file_error(e: Exception) -> bool:
     return isinstance(e, RuntimeError) and any(s in str(e) for s in ("PytorchStreamReader", "zip archive"))
 
 
+def _same_type_error(e: Exception, message: str) -> Exception:
+    """An exception of ``e``'s own type with a clearer message (callers that catch the stock type still do)."""
+    try:
+        return type(e)(message)
+    except Exception:  # an exception type whose constructor wants other arguments: keep the original
+        return e
+
+
 def _torch_safe_load(weight, *args, **kwargs):
     """``torch_safe_load`` with errors that name the checkpoint file."""
     try:
@@ -287,11 +465,11 @@ def _torch_safe_load(weight, *args, **kwargs):
         raise MissingModuleError(f"cannot load {str(weight)!r}: {e}", name=e.name) from None
     except Exception as e:
         if _is_corrupt_file_error(e):
-            raise RuntimeError(f"cannot load checkpoint {str(weight)!r}: the file is corrupt or truncated "
-                               f"({type(e).__name__}: {e})") from e
+            raise _same_type_error(e, f"cannot load checkpoint {str(weight)!r}: the file is corrupt or truncated "
+                                      f"({type(e).__name__}: {e})") from e
         if isinstance(e, AttributeError) and "ultralytics_addmodules" in str(e):
-            raise MissingModuleError(f"cannot load {str(weight)!r}: {e}; it was saved with another version of "
-                                     f"ultralytics-addmodules: {_INSTALL_HINTS['ultralytics_addmodules']}") from e
+            raise _same_type_error(e, f"cannot load {str(weight)!r}: {e}; it was saved with another version of "
+                                      f"ultralytics-addmodules: {_INSTALL_HINTS['ultralytics_addmodules']}") from e
         raise
 
 
@@ -326,29 +504,89 @@ def _load_requested_weights_after_build(init):
     return __init__
 
 
-def _wire_pretrained_weights() -> None:
-    tasks.torch_safe_load = _remember_checkpoint_models(tasks.torch_safe_load)
-    tasks.DetectionModel.__init__ = _load_requested_weights_after_build(tasks.DetectionModel.__init__)
+def _wire_pretrained_weights(p: PatchSet) -> None:
+    """Called last in _apply: wraps the (already patched) checkpoint loader and DetectionModel.__init__."""
+    p.replace(tasks, "torch_safe_load", _remember_checkpoint_models(tasks.torch_safe_load))
+    p.replace(tasks.DetectionModel, "__init__", _load_requested_weights_after_build(tasks.DetectionModel.__init__))
 # === end of pretrained weights wiring =====================================================================
 
 
-def _rebind_everywhere(original, replacement, attribute: str) -> None:
-    """Replace ``attribute`` in every already-imported Ultralytics module that bound ``original``."""
-    for name, module in list(sys.modules.items()):
-        if name.startswith("ultralytics.") and getattr(module, attribute, None) is original:
-            setattr(module, attribute, replacement)
+# --- the dataset check in YOLO.train, Chinese labels in plots (issue 18) -----------------------------------
+# YOLO(...).train(data=...) runs the cheap part of our dataset check (no image decoding) before Ultralytics
+# reads the data; check_font and the PIL annotator use a local CJK font for non-ASCII labels (the [cjk]
+# extra) instead of downloading Arial.Unicode.ttf. The logic lives in dataset_check.py and fonts.py.
+def _get_dataset(self):
+    dataset_check.quick_check(self.args.data, self.args.task)
+    return STOCK["get_dataset"](self)
 
 
-def apply() -> None:
-    """Patch Ultralytics (idempotent)."""
-    if STOCK:
-        return
+def _check_font(font="Arial.ttf"):
+    return fonts.check_font(font, STOCK["check_font"])
+
+
+def _annotator_init(self, *args, **kwargs):
+    STOCK["annotator_init"](self, *args, **kwargs)
+    if getattr(self, "pil", False):
+        self.font = fonts.chinese_face(self.font)
+
+
+# --- applying and undoing ----------------------------------------------------------------------------------
+class PatchSet:
+    """Replacements made so far, so that activation can be undone completely."""
+
+    def __init__(self):
+        self.applied: list[tuple[Any, str, Any]] = []
+
+    def replace(self, owner: Any, attribute: str, new: Any) -> None:
+        self.applied.append((owner, attribute, owner.__dict__.get(attribute, _ABSENT)))
+        setattr(owner, attribute, new)
+
+    def rebind_everywhere(self, original: Any, new: Any, attribute: str) -> None:
+        """Replace ``attribute`` in every already-imported Ultralytics module that bound ``original``."""
+        for name, module in list(sys.modules.items()):
+            if (name == "ultralytics" or name.startswith("ultralytics.")) and getattr(module, attribute, None) is original:
+                self.replace(module, attribute, new)
+
+    def undo(self) -> None:
+        for owner, attribute, old in reversed(self.applied):
+            if old is _ABSENT:
+                delattr(owner, attribute)
+            else:
+                setattr(owner, attribute, old)
+        self.applied.clear()
+
+
+_ABSENT = object()
+_PATCHES = PatchSet()
+
+
+class UnsupportedModule(nn.Module):
+    """Stands in for our YAML names on an unsupported Ultralytics release: building it says which releases work."""
+
+    def __init__(self, *args, **kwargs):
+        raise ModelYAMLError(compat.unsupported_message(ultralytics.__version__))
+
+
+def _guard(addon_names: list[str]) -> None:
+    """Unsupported release: nothing Ultralytics does changes; our YAMLs resolve and fail with one clear line."""
+    STOCK.setdefault("check_yaml", checks.check_yaml)
+    _PATCHES.rebind_everywhere(STOCK["check_yaml"], _check_yaml, "check_yaml")
+    _PATCHES.replace(checks, "check_yaml", _check_yaml)
+    for name in addon_names:
+        if name not in tasks.__dict__:
+            _PATCHES.replace(tasks, name, UnsupportedModule)
+
+
+def _apply(table: dict) -> None:
     from ultralytics.data import utils as data_utils
     from ultralytics.engine.model import Model
+    from ultralytics.engine.trainer import BaseTrainer
+    from ultralytics.utils import plotting
 
-    register_builtin_modules()
+    register_builtin_modules(table)
     STOCK.update(
         parse_model=tasks.parse_model,
+        detection_init=tasks.DetectionModel.__init__,
         check_yaml=checks.check_yaml,
         fuse=tasks.BaseModel.fuse,
         export=Model.export,
@@ -356,26 +594,88 @@ def apply() -> None:
         check_requirements=tasks.check_requirements,
         torch_safe_load=tasks.torch_safe_load,
         check_det_dataset=data_utils.check_det_dataset,
+        check_pip_update_available=checks.check_pip_update_available,
     )
-    tasks.parse_model = _parse_model
-    _rebind_everywhere(STOCK["check_yaml"], _check_yaml, "check_yaml")
-    checks.check_yaml = _check_yaml
-    tasks.BaseModel.fuse = _fuse
-    tasks.initialize_weights = _initialize_weights
-    tasks.check_requirements = _check_requirements  # only tasks' own calls (checkpoint loading) go through it
-    tasks.torch_safe_load = _torch_safe_load
-    _rebind_everywhere(STOCK["check_det_dataset"], _check_det_dataset, "check_det_dataset")
-    _wire_pretrained_weights()  # after torch_safe_load above: it wraps the patched loader
-    data_utils.check_det_dataset = _check_det_dataset
+    p = _PATCHES
+    p.replace(tasks, "parse_model", _parse_model)
+    p.replace(tasks.DetectionModel, "__init__", _detection_model_init)
+    p.rebind_everywhere(STOCK["check_yaml"], _check_yaml, "check_yaml")
+    p.replace(checks, "check_yaml", _check_yaml)
+    p.replace(tasks.BaseModel, "fuse", _fuse)
+    p.replace(tasks, "initialize_weights", _initialize_weights)
+    p.replace(tasks, "check_requirements", _check_requirements)  # only tasks' own calls (checkpoint loading)
+    p.replace(tasks, "torch_safe_load", _torch_safe_load)
+    p.rebind_everywhere(STOCK["check_det_dataset"], _check_det_dataset, "check_det_dataset")
+    p.replace(data_utils, "check_det_dataset", _check_det_dataset)
+    p.replace(checks, "check_pip_update_available", _check_pip_update_available)
     if _onnx_export_needs_legacy_default():
-        Model.export = _export
-    if VERBOSE:
-        from .registry import lookup
+        p.replace(Model, "export", _export)
+    STOCK.update(get_dataset=BaseTrainer.get_dataset, check_font=checks.check_font,
+                 annotator_init=plotting.Annotator.__init__)
+    p.replace(BaseTrainer, "get_dataset", _get_dataset)
+    p.rebind_everywhere(STOCK["check_font"], _check_font, "check_font")
+    p.replace(checks, "check_font", _check_font)
+    p.replace(plotting.Annotator, "__init__", _annotator_init)
+    _wire_pretrained_weights(p)  # last: it wraps the patched torch_safe_load and DetectionModel.__init__
 
-        ours = [n for n in registered_names() if lookup(n).cls.__module__.startswith("ultralytics_addmodules")]
-        LOGGER.info(f"ultralytics-addmodules active: {len(ours)} extra YAML modules ({', '.join(ours[:4])}, ...)")
+
+def activate(import_plugins: Callable[[], None]) -> bool:
+    """Patch Ultralytics if its release is supported; all-or-nothing. Returns whether the add-on is active.
+
+    ``import_plugins`` imports the user's registering modules; it runs after the patches, and if it (or any
+    patch) fails, everything is undone and one line says so. Never raises for a plugin's failure, SystemExit
+    included: the process goes on with stock Ultralytics.
+    """
+    global DIALECT
+    if _PATCHES.applied:  # already active, or already guarding an unsupported release
+        return is_patched()
+    version = compat.version_tuple(ultralytics.__version__)
+    ours = registered_names()  # before stock registration: every name now is ours or a plugin's
+    if not compat.is_supported(ultralytics.__version__):
+        LOGGER.warning(compat.unsupported_message(ultralytics.__version__))
+        _guard(ours)
+        return False
+    saved = snapshot()
+    try:
+        DIALECT, table = _dialect(version)
+        _apply(table)
+        import_plugins()
+    except BaseException as e:  # noqa: B902 - a plugin calling sys.exit() must not end the user's process
+        if isinstance(e, KeyboardInterrupt):
+            _PATCHES.undo()
+            restore(saved)
+            raise
+        _PATCHES.undo()
+        restore(saved)
+        DIALECT = parser.Dialect()
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        LOGGER.warning(bilingual(
+            f"ultralytics-addmodules 未激活（{type(e).__name__}: {detail}），已撤销全部修改：Ultralytics 以原版运行",
+            f"ultralytics-addmodules is not active ({type(e).__name__}: {detail}); every change was undone: "
+            "Ultralytics runs stock",
+        ))
+        return False
+    return True
+
+
+def is_patched() -> bool:
+    """Whether our parse_model is in place right now."""
+    return tasks.parse_model is _parse_model
 
 
 def stock_parse_model():
     """Ultralytics' own parse_model (for comparisons in tests and benchmarks)."""
     return STOCK.get("parse_model", tasks.parse_model)
+
+
+def _finish_pending_activation() -> None:
+    """If importing this module imported Ultralytics, the start-up hook asked for activation while this module was
+    still loading (it could not run then); complete it now that the module is whole."""
+    import ultralytics_addmodules as package
+
+    if package._state.get("pending"):
+        package._state["pending"] = False
+        package.activate()
+
+
+_finish_pending_activation()

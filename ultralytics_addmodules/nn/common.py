@@ -46,11 +46,15 @@ def round_channels(channels: float, divisor: int = 8, min_value: int | None = No
     return int(rounded)
 
 
-def check_positive_number(value, what: str, examples: Sequence[float] = (0.25, 0.5, 0.75, 1.0, 1.5)) -> float:
-    """Return ``value`` as float if it is a positive finite number, else raise a ValueError naming it."""
-    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value) or value <= 0:
+def check_positive_number(value, what: str, examples: Sequence[float] = (0.25, 0.5, 0.75, 1.0, 1.5),
+                          maximum: float = 16.0) -> float:
+    """Return ``value`` as float if it is a finite number in (0, ``maximum``], else raise a ValueError naming it.
+
+    The upper bound stops a typo (width 1e6) before it asks for terabytes of memory.
+    """
+    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value) or not 0 < value <= maximum:
         raise ValueError(
-            f"{what} must be a positive number, got {value!r}; valid: any number > 0, e.g. "
+            f"{what} must be a positive number up to {maximum:g}, got {value!r}; valid: e.g. "
             + ", ".join(str(e) for e in examples)
         )
     return float(value)
