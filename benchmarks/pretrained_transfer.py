@@ -1,7 +1,8 @@
 """Does a COCO-style neck and head help a swapped-backbone model? Measured on the bundled dataset.
 
-    python benchmarks/pretrained_transfer.py                        # 20 stock epochs, then 2 x 10 epochs
+    python benchmarks/pretrained_transfer.py                        # 20 stock epochs, then 2 x 20 epochs
     python benchmarks/pretrained_transfer.py --stock-epochs 3 --epochs 2 --imgsz 64    # a quick check
+    python benchmarks/pretrained_transfer.py --stock-run runs/benchmarks/pretrained_transfer/stock  # reuse step 1
 
 1. Trains stock YOLO11n on dataset/data.yaml (it stands in for the COCO detector yolo11n.pt, which cannot be
    downloaded here).
@@ -28,13 +29,26 @@ os.environ.setdefault("YOLO_OFFLINE", "true")
 os.environ.setdefault("YOLO_VERBOSE", "false")
 
 TRAIN = """
-import json, sys
+import json, logging, sys
 import ultralytics_addmodules
 from ultralytics import YOLO
+
+report = []  # the transfer as applied to the model being trained (the dataset's class count)
+
+
+class Grab(logging.Handler):
+    def emit(self, record):
+        if "into the model being trained" in record.getMessage():
+            report.append(record.getMessage().split("trained: ", 1)[1])
+
+
+logging.getLogger("ultralytics").addHandler(Grab(logging.INFO))
+logging.getLogger("ultralytics").setLevel(logging.INFO)
 cfg = json.loads(sys.argv[1])
 model = YOLO(cfg.pop("model"))
 transfer = cfg.pop("transfer", None)
-report = [str(r) for r in ultralytics_addmodules.load_pretrained(model, transfer)] if transfer else []
+if transfer:
+    ultralytics_addmodules.load_pretrained(model, transfer)
 model.train(**cfg)
 print("REPORT " + json.dumps(report))
 """
@@ -62,19 +76,20 @@ def map_per_epoch(run_dir: Path) -> list[float]:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--stock-epochs", type=int, default=20, help="epochs of stock YOLO11n (default 20)")
-    p.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs of each variant (default 10)")
+    p.add_argument("--epochs", type=int, default=20, help="fine-tuning epochs of each variant (default 20)")
     p.add_argument("--imgsz", type=int, default=160, help="training image size (default 160, the images' size)")
     p.add_argument("--model", default="yolo11n-MobileNetV4.yaml", help="the swapped-backbone model")
     p.add_argument("--out", type=Path, default=REPO / "runs" / "benchmarks" / "pretrained_transfer")
+    p.add_argument("--stock-run", type=Path, help="reuse this finished stock run folder instead of step 1")
     args = p.parse_args(argv)
 
-    stock_dir, _ = train("yolo11n.yaml", "stock", args, args.stock_epochs)
+    stock_dir = args.stock_run or train("yolo11n.yaml", "stock", args, args.stock_epochs)[0]
     checkpoint = stock_dir / "weights" / "best.pt"
     random_dir, _ = train(args.model, "random_neck_head", args, args.epochs)
     transfer_dir, report = train(args.model, "transferred_neck_head", args, args.epochs, str(checkpoint))
 
     stock, random_, transferred = (map_per_epoch(d) for d in (stock_dir, random_dir, transfer_dir))
-    print(f"stock yolo11n after {args.stock_epochs} epochs: mAP50-95 {stock[-1]:.3f}")
+    print(f"stock yolo11n after {len(stock)} epochs: mAP50-95 {stock[-1]:.3f}")
     print(f"transfer: {report[0] if report else '-'}\n")
     print(f"| epoch | {args.model}, random neck/head | transferred neck/head |")
     print("|---:|---:|---:|")
