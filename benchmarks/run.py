@@ -43,7 +43,7 @@ def default_models(scales=("n", "s")) -> list[str]:
     sys.path.insert(0, str(REPO))
     from ultralytics_addmodules.model_yamls import list_model_yamls
 
-    names = ["yolo11.yaml"] + [p.name for p in list_model_yamls()]
+    names = ["yolo11.yaml"] + [p.name for p in list_model_yamls("detect")]  # trained on a detection set
     return [scaled(n, s) for s in scales for n in names]
 
 

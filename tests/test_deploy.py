@@ -218,7 +218,7 @@ def test_checkpoint_needing_timm_without_timm_names_the_extra(tmp_path):
 
 # --- fused inference --------------------------------------------------------------------------------------
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [p.name for p in list_model_yamls()])
+@pytest.mark.parametrize("name", [p.name for p in list_model_yamls("detect")])
 def test_fuse_folds_every_batchnorm_in_our_modules(name):
     torch.manual_seed(0)
     model = randomize_and_calibrate_(YOLO(scaled(name)).model)

@@ -314,8 +314,8 @@ def _construct(cls: Any, rule: ChannelRule, row: Row, yaml_args: list, resolved:
         setattr(cls, attr, value)
     try:
         if resolved.repeats > 1:
-            return nn.Sequential(*(cls(*resolved.args, **resolved.kwargs) for _ in range(resolved.repeats)))
-        return cls(*resolved.args, **resolved.kwargs)
+            return nn.Sequential(*(cls(*resolved.args) for _ in range(resolved.repeats)))
+        return cls(*resolved.args)
     except ModelYAMLError:
         raise
     except Exception as e:  # TypeError (argument count), AssertionError (C2PSA's c1 == c2), torch errors, ...

@@ -13,7 +13,8 @@ What is rebound, and why:
   our modules goes to our registry-driven parser (``parser.py``), which follows the release's rules.
 * ``DetectionModel.__init__``: when the first forward (stride computation) fails, say which layer's inputs do
   not fit instead of a bare tensor-size error.
-* ``check_yaml``: bare names of our shipped YAMLs resolve anywhere.
+* ``check_yaml``: bare names of our shipped YAMLs resolve anywhere; ``yaml_model_load``: a model YAML that does
+  not exist gets the closest shipped and official names.
 * ``BaseModel.fuse``: also folds BatchNorm inside our modules (8.4 passes ``imgsz``, which is forwarded).
 * ``initialize_weights``: backbones keep their reference BatchNorm eps and in-place flags.
 * checkpoint loading: clear errors (same exception types as stock) instead of an automatic pip install.
@@ -29,6 +30,7 @@ Nothing else in the package knows how Ultralytics is patched.
 
 from __future__ import annotations
 
+import errno
 import functools
 import inspect
 import pickle
@@ -48,7 +50,7 @@ from ultralytics.utils import LOGGER, checks
 from . import compat, dataset_check, fonts, parser
 from .dataset_check import absolute_data_yaml
 from .messages import ModelYAMLError, bilingual
-from .model_yamls import find_model_yaml
+from .model_yamls import find_model_yaml, suggest_model_names
 from .nn.backbone import Backbone
 from .nn.common import fuse_modules
 from .registry import (
@@ -367,6 +369,19 @@ def _check_yaml(file, suffix=(".yaml", ".yml"), hard=True):
     return STOCK["check_yaml"](file, suffix, hard=hard)
 
 
+def _yaml_model_load(path):
+    """``yaml_model_load`` whose "does not exist" names the closest shipped and official model YAMLs."""
+    try:
+        return STOCK["yaml_model_load"](path)
+    except FileNotFoundError as e:
+        close = suggest_model_names(path)
+        if not close:
+            raise
+        raise FileNotFoundError(bilingual(f"找不到模型 YAML {str(path)!r}；你是不是想写：{', '.join(close)}",
+                                          f"model YAML {str(path)!r} does not exist; did you mean: {', '.join(close)}")
+                                ) from e
+
+
 def _fuse(self, *args, **kwargs):
     """``BaseModel.fuse`` that first folds the BatchNorms inside our modules, then runs the stock fuse."""
     fuse_modules(self.model)
@@ -445,6 +460,8 @@ def _check_requirements(requirements=(), *args, **kwargs):
 
 def _is_corrupt_file_error(e: Exception) -> bool:
     if isinstance(e, (EOFError, pickle.UnpicklingError, zipfile.BadZipFile)):
+        return True
+    if isinstance(e, OSError) and e.errno == errno.EINVAL:  # torch's zip reader seeking past a truncated end
         return True
     return isinstance(e, RuntimeError) and any(s in str(e) for s in ("PytorchStreamReader", "zip archive"))
 
@@ -588,6 +605,7 @@ def _apply(table: dict) -> None:
         parse_model=tasks.parse_model,
         detection_init=tasks.DetectionModel.__init__,
         check_yaml=checks.check_yaml,
+        yaml_model_load=tasks.yaml_model_load,
         fuse=tasks.BaseModel.fuse,
         export=Model.export,
         initialize_weights=tasks.initialize_weights,
@@ -601,6 +619,7 @@ def _apply(table: dict) -> None:
     p.replace(tasks.DetectionModel, "__init__", _detection_model_init)
     p.rebind_everywhere(STOCK["check_yaml"], _check_yaml, "check_yaml")
     p.replace(checks, "check_yaml", _check_yaml)
+    p.rebind_everywhere(STOCK["yaml_model_load"], _yaml_model_load, "yaml_model_load")
     p.replace(tasks.BaseModel, "fuse", _fuse)
     p.replace(tasks, "initialize_weights", _initialize_weights)
     p.replace(tasks, "check_requirements", _check_requirements)  # only tasks' own calls (checkpoint loading)
