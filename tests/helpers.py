@@ -121,6 +121,14 @@ def save_like_ultralytics(yaml_name: str, path: Path, seed: int = 0) -> Path:
     return path
 
 
+def read_ultralytics_checkpoint(path) -> torch.nn.Module:
+    """The model of a checkpoint as the installed Ultralytics reads it (float32)."""
+    from ultralytics.nn import tasks
+
+    load = getattr(tasks, "load_checkpoint", None) or tasks.attempt_load_one_weight  # 8.4 renamed it
+    return load(str(path))[0]
+
+
 def release() -> tuple[int, int]:
     """(major, minor) of the installed Ultralytics."""
     import ultralytics

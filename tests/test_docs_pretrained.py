@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import REPO, make_tiny_dataset, save_like_ultralytics
+from helpers import REPO, make_tiny_dataset, read_ultralytics_checkpoint, save_like_ultralytics
 from ultralytics import YOLO
-from ultralytics.nn.tasks import attempt_load_one_weight, yaml_model_load
+from ultralytics.nn.tasks import yaml_model_load
 
 from ultralytics_addmodules import load_pretrained
 from ultralytics_addmodules.nn.mobilenetv4 import MobileNetV4ConvSmall
@@ -162,7 +162,7 @@ def test_combined_snippet_trains_from_backbone_and_neck_head_and_prints_the_docu
     assert snippet("report line").strip() in printed
     state = model.model[0].state_dict()
     assert all(torch.equal(state[k], v) for k, v in _expected_backbone(workspace).items())
-    stock = attempt_load_one_weight(str(workspace / "yolo11n.pt"))[0]
+    stock = read_ultralytics_checkpoint(workspace / "yolo11n.pt")
     copied = 0
     for i in range(5, len(model.model)):  # our layer i has the role of stock layer i + 4
         theirs = stock.model[i + 4].state_dict()

@@ -8,10 +8,10 @@ from copy import deepcopy
 
 import pytest
 import torch
-from helpers import make_tiny_dataset, save_like_ultralytics
+from helpers import make_tiny_dataset, read_ultralytics_checkpoint, save_like_ultralytics
 from torch import nn
 from ultralytics import YOLO
-from ultralytics.nn.tasks import DetectionModel, attempt_load_one_weight
+from ultralytics.nn.tasks import DetectionModel
 
 from ultralytics_addmodules import load_pretrained
 from ultralytics_addmodules.nn.mobilenetv4 import MobileNetV4ConvSmall
@@ -34,7 +34,7 @@ def checkpoints(tmp_path_factory):
 @pytest.fixture(scope="module")
 def stock_models(checkpoints):
     """The checkpoints as Ultralytics itself reads them (the oracle)."""
-    return {task: attempt_load_one_weight(str(path))[0] for task, path in checkpoints.items()}
+    return {task: read_ultralytics_checkpoint(path) for task, path in checkpoints.items()}
 
 
 def _same_shape_pairs(model, stock, layers, offset):
