@@ -363,7 +363,7 @@ def _offline_reason(where: OnlineWeights) -> tuple[str, str] | None:
             f"{host} cannot be reached within {REACHABILITY_TIMEOUT:g} s and the file is not in the local cache")
 
 
-def _download_hint(where: OnlineWeights, owner: str, line: str) -> tuple[str, str]:
+def _download_hint(where: OnlineWeights, line: str) -> tuple[str, str]:
     """What to download and how to load it afterwards, (Chinese, English)."""
     file_line = line.replace("<FILE>", "path/to/file")
     if where.hub_id:
@@ -401,7 +401,7 @@ def fetch_online(source: str, name: str, owner: str = "", line: str = "",
     if cached is None:
         reason = _offline_reason(where)
         if reason is not None:
-            hint = _download_hint(where, owner, line)
+            hint = _download_hint(where, line)
             what = f"{source} {where.hub_id or name}"
             raise WeightsError(bilingual(
                 f"无法获取 {owner} 的预训练权重（{what}）：{reason[0]}。{hint[0]}",
@@ -416,7 +416,7 @@ def fetch_online(source: str, name: str, owner: str = "", line: str = "",
 
         return torchvision.models.get_model(name, weights="DEFAULT").state_dict()
     except Exception as e:
-        hint = _download_hint(where, owner, line)
+        hint = _download_hint(where, line)
         detail = " ".join(f"{type(e).__name__}: {e}".split())[:200]
         raise WeightsError(bilingual(
             f"下载 {owner} 的预训练权重失败（{detail}）。{hint[0]}",
