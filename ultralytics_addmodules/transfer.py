@@ -41,7 +41,8 @@ class TransferReport:
 
     def __str__(self) -> str:
         share = 100 * self.parameters / max(self.model_parameters, 1)
-        text = (f"{self.source} ({self.task}, {self.source_classes} classes) -> neck/head by {self.by}: "
+        what = "neck/head by structure" if self.by == "structure" else "all layers by index (same layout)"
+        text = (f"{self.source} ({self.task}, {self.source_classes} classes) -> {what}: "
                 f"{self.tensors}/{self.candidates} tensors, {self.parameters:,} parameters ({share:.1f}% of the model)")
         if self.class_dependent:
             text += (f"; class-dependent tensors skipped: {len(self.class_dependent)} ({self.source_classes} classes "
