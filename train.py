@@ -5,8 +5,9 @@ Every setting can also be given on the command line, which wins over the value w
     python train.py                                        # the settings below
     python train.py --model yolo11n.yaml                   # same data and schedule, stock YOLO11n
     python train.py --data path/to/data.yaml --epochs 100 --imgsz 640 --batch 16
-    python train.py --model yolo11n-MobileNetV4.yaml --pretrained mobilenetv4_conv_small.pth
-    python train.py --pretrained mnv4_small.pth --freeze-backbone 5   # head first, then everything
+    python train.py --model yolo11n-MobileNetV4-pretrained.yaml --pretrained mnv4_small.pth
+    python train.py --model yolo11n-MobileNetV4-pretrained.yaml --pretrained mnv4_small.pth --pretrained yolo11n.pt
+    python train.py --model yolo11n-MobileNetV4-pretrained.yaml --pretrained mnv4_small.pth --freeze-backbone 5
     python train.py --resume                               # continue the latest interrupted run
 
 The defaults are the quick demo of the README: the bundled sample dataset (dataset/), small images and
@@ -35,7 +36,9 @@ DEVICE = None  # None: the first GPU if there is one, else the CPU; or "cpu", "0
 WORKERS = 2  # data-loading processes (Ultralytics uses 0 on the CPU)
 PROJECT = None  # folder for the runs; None: Ultralytics' default runs/detect
 NAME = None  # run name inside PROJECT; None: train, train2, ...
-PRETRAINED = None  # ImageNet backbone weights: a timm/torchvision state-dict file, or "timm" (online)
+PRETRAINED = None  # pretrained weights (see docs/pretrained.md): a timm/torchvision state-dict file for the
+# backbone (needs a *-pretrained.yaml model), "timm"/"torchvision" (cache or download), an Ultralytics checkpoint
+# such as yolo11n.pt for the neck and head, or a list of them
 FREEZE_BACKBONE = 0  # keep the backbone frozen for this many first epochs (useful with PRETRAINED)
 SEED = 0  # same seed, same data order and initial weights
 PLOTS = True  # training plots (results.png, label plots, sample mosaics)
@@ -56,8 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--name", default=NAME, help="run name (default: train, train2, ...)")
     p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="LAST_PT",
                    help="continue an interrupted run: its weights/last.pt, or nothing for the latest run")
-    p.add_argument("--pretrained", default=PRETRAINED, metavar="SOURCE",
-                   help="load ImageNet backbone weights before training: a state-dict file, or 'timm'")
+    p.add_argument("--pretrained", action="append", metavar="SOURCE",
+                   help="pretrained weights to start from, repeatable: a timm/torchvision state-dict file for the "
+                        "backbone, 'timm'/'torchvision', or an Ultralytics checkpoint (yolo11n.pt) for neck and head")
     p.add_argument("--freeze-backbone", type=int, default=FREEZE_BACKBONE, metavar="N",
                    help=f"freeze the backbone for the first N epochs (default: {FREEZE_BACKBONE})")
     p.add_argument("--seed", type=int, default=SEED, help=f"default: {SEED}")
@@ -65,7 +69,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-bad-images", action="store_true", default=SKIP_BAD_IMAGES,
                    help="跳过无法解码的图片继续训练 | train without the images that do not decode "
                         "(default: stop and list them)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.pretrained is None and PRETRAINED:
+        args.pretrained = [PRETRAINED] if isinstance(PRETRAINED, (str, Path)) else list(PRETRAINED)
+    return args
 
 
 def fail(message: str) -> None:
@@ -113,28 +120,11 @@ def resume(args: argparse.Namespace) -> None:
     if not last.is_file():
         fail(f"--resume: checkpoint not found: {last.resolve()}")
     print(f"resuming {last}")
-    YOLO(str(last)).train(resume=True, device=args.device or default_device())
+    model = YOLO(str(last))
+    from ultralytics_addmodules.training import restore_freeze_backbone
 
-
-def keep_pretrained_backbones(yolo) -> None:
-    """Make the weights loaded into ``yolo`` the starting point of its next ``train()``.
-
-    ``YOLO("x.yaml").train()`` builds a fresh model for the trainer (one with the data's class count),
-    so weights loaded into ``yolo`` beforehand would be dropped. A callback copies the backbone tensors
-    into the trainer's model when training starts.
-    """
-    from ultralytics_addmodules.weights import find_backbones
-
-    loaded = [bb.state_dict() for bb in find_backbones(yolo.model)]
-
-    def copy_backbones(trainer):
-        targets = find_backbones(trainer.model)
-        if len(targets) != len(loaded):
-            raise RuntimeError(f"the model to train has {len(targets)} backbones, the loaded one {len(loaded)}")
-        for state, target in zip(loaded, targets):
-            target.load_state_dict(state)
-
-    yolo.add_callback("on_pretrain_routine_start", copy_backbones)
+    restore_freeze_backbone(model, last)  # the run's --freeze-backbone setting
+    model.train(resume=True, device=args.device or default_device())
 
 
 # --- the dataset check (python -m ultralytics_addmodules check runs the same) --------------------------
@@ -205,19 +195,22 @@ def main(argv: list[str] | None = None) -> None:
     if args.resume:
         return resume(args)
 
+    from ultralytics_addmodules.weights import WeightsError
+
     try:
         model = YOLO(args.model)
+    except WeightsError as e:  # a weights source written in the model YAML
+        fail(str(e))
     except FileNotFoundError:
         fail(model_not_found_message(args.model))
     except ultralytics_addmodules.ModelYAMLError as e:  # already one line naming the layer and the bad value
         fail(f"{args.model}: {e}")
     data = check_data(args, task=model.task)  # labels are checked in the format of the model's task
     if args.pretrained:
-        try:
+        try:  # also the starting point of model.train() below
             ultralytics_addmodules.load_pretrained(model, args.pretrained)
-        except (ValueError, FileNotFoundError) as e:
-            fail(f"--pretrained {args.pretrained}: {e}")
-        keep_pretrained_backbones(model)
+        except WeightsError as e:
+            fail(f"--pretrained {' '.join(map(str, args.pretrained))}: {e}")
     if args.freeze_backbone:
         from ultralytics_addmodules.training import freeze_backbone
 

@@ -258,6 +258,40 @@ def make_mistake_(model: torch.nn.Module, mistake: str) -> torch.nn.Module:
     return model
 
 
+def save_like_ultralytics(yaml_name: str, path: Path, seed: int = 0) -> Path:
+    """A checkpoint of a stock Ultralytics model with random weights, written the way Ultralytics writes its
+    released ones (the trainer's dict with the EMA model in fp16, then ``strip_optimizer``).
+
+    Every float tensor is random, so a tensor copied from it cannot equal a freshly initialised one by chance.
+    """
+    from copy import deepcopy
+
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+    from ultralytics.nn.tasks import DetectionModel, SegmentationModel, guess_model_task
+    from ultralytics.utils.torch_utils import strip_optimizer
+
+    torch.manual_seed(seed)
+    task_model = SegmentationModel if "-seg" in yaml_name else DetectionModel
+    model = task_model(yaml_name, verbose=False)
+    with torch.no_grad():
+        for tensor in model.state_dict().values():
+            if tensor.dtype.is_floating_point:
+                tensor.copy_(torch.rand_like(tensor) - 0.5)
+    model.args = {**DEFAULT_CFG_DICT, "task": guess_model_task(model)}
+    torch.save({"epoch": 0, "best_fitness": None, "model": None, "ema": deepcopy(model).half(), "updates": 1,
+                "optimizer": None, "train_args": dict(DEFAULT_CFG_DICT), "date": None, "version": "8.3.0"}, path)
+    strip_optimizer(path)
+    return path
+
+
+def read_ultralytics_checkpoint(path) -> torch.nn.Module:
+    """The model of a checkpoint as the installed Ultralytics reads it (float32)."""
+    from ultralytics.nn import tasks
+
+    load = getattr(tasks, "load_checkpoint", None) or tasks.attempt_load_one_weight  # 8.4 renamed it
+    return load(str(path))[0]
+
+
 def release() -> tuple[int, int]:
     """(major, minor) of the installed Ultralytics."""
     import ultralytics

@@ -35,6 +35,7 @@ import functools
 import inspect
 import pickle
 import sys
+import weakref
 import zipfile
 from copy import deepcopy
 from typing import Any, Callable
@@ -533,6 +534,44 @@ def _torch_safe_load(weight, *args, **kwargs):
         raise
 
 
+# === pretrained weights: wiring only, the logic is weights.apply_requested_weights (issue 15) ==============
+# A weights source written in a YAML line loads once the whole model is built. A model built from the YAML
+# of a checkpoint just read (to receive that checkpoint's weights: fine-tuning best.pt, resuming) skips it:
+# the sources would be overwritten anyway and may no longer exist where the model is used now.
+_checkpoint_models: weakref.WeakSet = weakref.WeakSet()  # models read from checkpoints that are still alive
+
+
+def _remember_checkpoint_models(torch_safe_load):
+    @functools.wraps(torch_safe_load)
+    def remembering(weight, *args, **kwargs):
+        ckpt, file = torch_safe_load(weight, *args, **kwargs)
+        for model in (ckpt.get("ema"), ckpt.get("model")) if isinstance(ckpt, dict) else ():
+            if isinstance(model, nn.Module) and isinstance(getattr(model, "yaml", None), dict):
+                _checkpoint_models.add(model)
+        return ckpt, file
+
+    return remembering
+
+
+def _load_requested_weights_after_build(init):
+    @functools.wraps(init)
+    def __init__(self, cfg="yolov8n.yaml", *args, **kwargs):
+        init(self, cfg, *args, **kwargs)
+        if not any(m.yaml is cfg for m in _checkpoint_models):
+            from .weights import apply_requested_weights
+
+            apply_requested_weights(self, self.yaml.get("yaml_file"))
+
+    return __init__
+
+
+def _wire_pretrained_weights(p: PatchSet) -> None:
+    """Called last in _apply: wraps the (already patched) checkpoint loader and DetectionModel.__init__."""
+    p.replace(tasks, "torch_safe_load", _remember_checkpoint_models(tasks.torch_safe_load))
+    p.replace(tasks.DetectionModel, "__init__", _load_requested_weights_after_build(tasks.DetectionModel.__init__))
+# === end of pretrained weights wiring =====================================================================
+
+
 # --- the dataset check in YOLO.train, Chinese labels in plots (issue 18) -----------------------------------
 # YOLO(...).train(data=...) runs the cheap part of our dataset check (no image decoding) before Ultralytics
 # reads the data; check_font and the PIL annotator use a local CJK font for non-ASCII labels (the [cjk]
@@ -642,6 +681,7 @@ def _apply(table: dict) -> None:
     p.rebind_everywhere(STOCK["check_font"], _check_font, "check_font")
     p.replace(checks, "check_font", _check_font)
     p.replace(plotting.Annotator, "__init__", _annotator_init)
+    _wire_pretrained_weights(p)  # last: it wraps the patched torch_safe_load and DetectionModel.__init__
 
 
 def activate(import_plugins: Callable[[], None]) -> bool:
