@@ -51,6 +51,7 @@ import types
 import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -230,6 +231,19 @@ class Allowlist:
                 uses.setdefault(name, set()).add(kind)
         return cls({k: frozenset(v) for k, v in uses.items()}, frozenset(attributes))
 
+    @cached_property
+    def attribute_pairs(self) -> frozenset[tuple[Any, str]]:
+        """The getattr pairs as (class, attribute), so that an alias of a class (``ultralytics.nn.modules.Detect``
+        in early YOLOv8 files) matches too; entries whose module is not installed are left out."""
+        pairs = set()
+        for entry in self.attributes:
+            owner, _, attribute = entry.rpartition(".")
+            try:
+                pairs.add((resolve(*canonical(*owner.rsplit(".", 1))), attribute))
+            except (MissingModuleError, MissingClassError):
+                continue
+        return frozenset(pairs)
+
     def permits(self, module: str, name: str, kinds: set[str], source: str = "") -> bool:
         """Whether a global may be used in these ways; resolving a rule-family class may raise Missing*Error."""
         listed = self.uses.get(f"{module}.{name}")
@@ -404,7 +418,7 @@ class Verdict:
 
 def check(trace: _Trace, allow: Allowlist, source: str) -> Verdict:
     """The verdict on an inspected pickle: UnsafeCheckpointError naming everything not allowed, or what it may use."""
-    refused = []
+    refused, refused_names = [], set()
     for full, kinds in sorted(trace.uses.items()):
         module, name = trace.where.get(full, (full.rpartition(".")[0], full.rpartition(".")[2]))
         if allow.permits(module, name, kinds, source):
@@ -412,12 +426,14 @@ def check(trace: _Trace, allow: Allowlist, source: str) -> Verdict:
         listed = allow.uses.get(full)
         extra = sorted(kinds - (listed or set()) - {"ref"}) if listed or _in_family(module) else []
         refused.append(f"{full} ({', '.join(extra)})" if extra else full)
+        refused_names.add(full)
     pairs = set()
     for owner, attribute in sorted(trace.attributes):
-        if f"{owner}.{attribute}" not in allow.attributes:
+        cls = None if owner in refused_names else resolve(*trace.where[owner], source)
+        if (cls, attribute) not in allow.attribute_pairs:
             refused.append(f"getattr({owner}, {attribute!r})")
             continue
-        pairs.add((resolve(*trace.where[owner], source), attribute))
+        pairs.add((cls, attribute))
     if refused:
         raise _refusal(source, refused + trace.problems[:3])
     if trace.problems:
