@@ -110,7 +110,13 @@ EVIL_KINDS = ["bare", "inside_checkpoint", "inside_module", "legacy_torch", "leg
 
 
 def _load_one(path):
-    return (getattr(tasks, "attempt_load_one_weight", None) or tasks.load_checkpoint)(str(path))
+    return (getattr(tasks, "attempt_load_one_weight", None) or tasks.load_checkpoint)(str(path))  # 8.3 / 8.4
+
+
+def _load_ensemble(path):
+    if not hasattr(tasks, "attempt_load_weights"):
+        pytest.skip("Ultralytics 8.4 has no attempt_load_weights (load_checkpoint is covered)")
+    return tasks.attempt_load_weights(str(path))
 
 
 def _autobackend(path):
@@ -129,7 +135,7 @@ def _trainer_resume(path):
 LOADERS = {
     "YOLO": lambda p: YOLO(str(p)),
     "predict_autobackend": _autobackend,
-    "attempt_load_weights": lambda p: tasks.attempt_load_weights(str(p)),
+    "attempt_load_weights": _load_ensemble,
     "load_one_weight": _load_one,
     "trainer_resume": _trainer_resume,
     "safe_load": safe_load,
@@ -161,6 +167,23 @@ def test_every_loading_path_refuses_without_running_the_payload(kind, loader, tm
     with pytest.raises(UnsafeCheckpointError) as e:
         LOADERS[loader](path)
     assert_refused(e.value, path, marker, named)
+
+
+def test_pickle_extension_codes_cannot_smuggle_a_cached_function(tmp_path):
+    """EXT opcodes fetch objects from copyreg's cache without asking find_class: prime it with exec first."""
+    import copyreg
+
+    marker = tmp_path / "ext.ran"
+    copyreg.add_extension("builtins", "exec", 240)
+    try:
+        assert pickle.loads(b"\x80\x02\x82\xf0.") is exec  # exec is now in the cache
+        path = torch_zip(tmp_path / "ext.pt", b"\x80\x02\x82\xf0V" + _exec_code(marker).encode() + b"\n\x85R.")
+        with pytest.raises(UnsafeCheckpointError, match="builtins.exec"):
+            safe_load(path)
+        assert not marker.exists()
+    finally:
+        copyreg.remove_extension("builtins", "exec", 240)
+        copyreg.clear_extension_cache()
 
 
 def test_stock_would_have_run_the_payload(tmp_path, small_model):
@@ -307,8 +330,9 @@ def test_checkpoints_of_our_other_families_load_like_stock(model, tmp_path):
     import copy
 
     net = YOLO(model).model
-    torch.save({"model": None, "ema": copy.deepcopy(net).half(), "train_args": {}}, tmp_path / "last.pt")  # as training saves
-    ours, stock = safe_load(tmp_path / "last.pt"), torch.load(tmp_path / "last.pt", map_location="cpu", weights_only=False)
+    path = tmp_path / "last.pt"
+    torch.save({"model": None, "ema": copy.deepcopy(net).half(), "train_args": {}}, path)  # as training saves
+    ours, stock = safe_load(path), torch.load(path, map_location="cpu", weights_only=False)
     assert [type(m) for m in ours["ema"].modules()] == [type(m) for m in stock["ema"].modules()]
     assert all(torch.equal(x, y) for x, y in zip(ours["ema"].state_dict().values(), stock["ema"].state_dict().values()))
 
@@ -343,7 +367,8 @@ def test_damaged_files_are_one_line_and_keep_stock_exception_types(damage, tmp_p
     good = tmp_path / "good.pt"
     torch.save({"model": small_model, "train_args": {}}, good)
     bad = tmp_path / f"{damage}.pt"
-    content = {"truncated_head": good.read_bytes()[:20000], "truncated_half": good.read_bytes()[: good.stat().st_size // 2],
+    whole = good.read_bytes()
+    content = {"truncated_head": whole[:20000], "truncated_half": whole[: len(whole) // 2],
                "garbage": b"\x00this is not a checkpoint" * 64, "empty": b"",
                "other_pickle": pickle.dumps({"a": 1}, protocol=2)}[damage]
     bad.write_bytes(content)

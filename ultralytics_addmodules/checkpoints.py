@@ -41,6 +41,7 @@ strip. ``drop_rows_after`` trims ``results.csv`` to the checkpoint's epoch on re
 from __future__ import annotations
 
 import _compat_pickle
+import copyreg
 import importlib
 import io
 import os
@@ -129,7 +130,8 @@ def _refusal(source: str, asked: list[str], zh_why: str = "", en_why: str = "") 
           "checkpoints never contain; loading it could run code hidden in it")
     if any(a.startswith("models.") for a in asked):
         zh_why, en_why = ("它像是 YOLOv5 (github.com/ultralytics/yolov5) 的模型，Ultralytics 8 无法加载",
-                          "it looks like a YOLOv5 model (github.com/ultralytics/yolov5), which Ultralytics 8 cannot load")
+                          "it looks like a YOLOv5 model (github.com/ultralytics/yolov5), which Ultralytics 8 "
+                          "cannot load")
     if zh_why:
         zh, en = f"{zh}（{zh_why}）", f"{en} ({en_why})"
     return UnsafeCheckpointError(bilingual(f"{zh}；{zh_hint}", f"{en}; {en_hint}"))
@@ -395,6 +397,7 @@ def inspect_pickle(data: bytes, encoding: str = "utf-8") -> _Trace:
     Raises CorruptCheckpointError (with the reason) if the pickle ends early or is not a pickle.
     """
     trace = _Trace()
+    _clear_extension_cache()
     try:
         _Inspector(io.BytesIO(data), trace, encoding=encoding).load()
     except EOFError as e:
@@ -405,7 +408,17 @@ def inspect_pickle(data: bytes, encoding: str = "utf-8") -> _Trace:
         trace.problems.append(f"{type(e).__name__}: {e}")
     except Exception as e:  # a stand-in was called, hashed, filled in...: genuine checkpoints never do that
         trace.problems.append(f"{type(e).__name__}: {e}")
+    finally:
+        _clear_extension_cache()
     return trace
+
+
+def _clear_extension_cache() -> None:
+    """Pickle's EXT opcodes return objects cached by earlier loads without asking find_class; with extensions
+    registered (copyreg.add_extension, used by nothing in torch or Ultralytics) the cache is emptied around an
+    inspection, so that it sees stand-ins only and leaves none behind."""
+    if copyreg._inverted_registry:
+        copyreg._extension_cache.clear()
 
 
 @dataclass
@@ -573,7 +586,8 @@ def safe_load(file: str | os.PathLike, map_location: Any = "cpu", allow: Allowli
             raise _refusal(source, ["TorchScript code (constants.pkl)"], "它是 TorchScript 模型，不是 checkpoint",
                            "it is a TorchScript archive, not a checkpoint; load it with YOLO('model.torchscript')")
         try:
-            return torch.load(fh, map_location=map_location, weights_only=False, pickle_module=_pickle_module(source, allow))
+            return torch.load(fh, map_location=map_location, weights_only=False,
+                              pickle_module=_pickle_module(source, allow))
         except CHECKPOINT_ERRORS as e:
             if isinstance(e, CorruptCheckpointError) and source not in str(e):
                 raise _corrupt(source, str(e)) from None
@@ -609,7 +623,8 @@ def load_ultralytics_checkpoint(weight: Any, stock_loader: Callable[..., tuple[d
     ckpt = safe_load(file)
     if not isinstance(ckpt, dict):  # a bare model saved with torch.save(model): what stock does with it
         LOGGER.warning(bilingual(f"{file} 不是 Ultralytics 保存的 checkpoint 字典；请用 model.save('name.pt') 保存",
-                                 f"{file} is not a checkpoint dict as Ultralytics saves it; save with model.save('name.pt')"))
+                                 f"{file} is not a checkpoint dict as Ultralytics saves it; save with "
+                                 "model.save('name.pt')"))
         ckpt = {"model": ckpt.model}
     return ckpt, file
 
@@ -663,7 +678,7 @@ def save_atomically(trainer: Any, stock_save: Callable[[Any], Any]) -> Any:
     shutil.rmtree(staging, ignore_errors=True)  # left by a killed save
     staging.mkdir(parents=True)
     names = {f"{last.name}{PARTIAL}": last.name, f"{best.name}{PARTIAL}": best.name}
-    trainer.wdir, trainer.last, trainer.best = staging, staging / f"{last.name}{PARTIAL}", staging / f"{best.name}{PARTIAL}"
+    trainer.wdir, trainer.last, trainer.best = staging, *(staging / partial for partial in names)
     try:
         result = stock_save(trainer)
     except BaseException:

@@ -484,7 +484,7 @@ def _apply_checkpoints(p: PatchSet) -> None:
                  save_model=BaseTrainer.save_model, strip_optimizer=torch_utils.strip_optimizer,
                  resume_training=BaseTrainer.resume_training, check_resume=BaseTrainer.check_resume)
     p.replace(tasks, "check_requirements", _check_requirements)  # only tasks' own calls (checkpoint loading)
-    p.rebind_everywhere(STOCK["torch_safe_load"], _torch_safe_load, "torch_safe_load")  # ultralytics.nn re-exports it
+    p.rebind_everywhere(STOCK["torch_safe_load"], _torch_safe_load, "torch_safe_load")  # ultralytics.nn has it too
     p.replace(tasks, "torch_safe_load", _torch_safe_load)
     p.replace(BaseTrainer, "save_model", _save_model)
     p.rebind_everywhere(STOCK["strip_optimizer"], _strip_optimizer, "strip_optimizer")  # trainer, classify trainer
