@@ -22,8 +22,11 @@ The stand-in pass is sound because a pickle is straight-line code: the same opco
 place where the C unpickler's behaviour depends on an object's type meets a stand-in that either records the use
 or raises (a stand-in cannot be called, hashed, appended to or given attributes), so the check fails closed.
 This is stricter than ``torch.load(weights_only=True)`` (which lets a file call any allowed class with arguments,
-i.e. run its constructor) and, unlike it, runs at C speed: weights_only's pure-Python unpickler was measured at
-4x stock's load time for YOLO11n; this check adds a few percent (``benchmarks/checkpoint_load.py``).
+i.e. run its constructor) and runs at C speed: weights_only's pure-Python unpickler measured 3-4x stock's load
+time; the stand-in pass adds about one C unpickling of ``data.pkl`` (+20-30 % on the first load of a YOLO11n/s
+file, 5-10 ms) and nothing when the same bytes load again in the process (the verdict is remembered by content).
+``benchmarks/checkpoint_load.py`` measures all three. No single pass can do this: the C unpickler calls whatever
+a file puts before REDUCE and sets attributes on whatever it BUILDs, classes included.
 
 TorchScript archives and the legacy (non-zip) format are refused too: Ultralytics never writes them and torch
 would load them with code execution. ``ULTRALYTICS_ADDMODULES_TRUST_CHECKPOINTS`` opts in to stock loading for
@@ -42,6 +45,8 @@ from __future__ import annotations
 
 import _compat_pickle
 import copyreg
+import gc
+import hashlib
 import importlib
 import io
 import os
@@ -292,16 +297,19 @@ class _Trace:
 
 
 class _GlobalStandIn(type):
-    """Metaclass of the stand-ins for a pickle's globals: calling one (pickle REDUCE) records the call."""
+    """Metaclass of the stand-ins for a pickle's globals: calling one (pickle REDUCE) records the call.
+
+    Each stand-in class carries ``_global`` (its name), ``_uses`` (the trace's set of uses for it), ``_instance``
+    (what creating one returns) and ``_result`` (what calling it returns): one inert object each, so that the
+    pass stays cheap."""
 
     def __call__(cls, *args, **kwargs):
-        trace = cls._trace
-        trace.use(cls._global, "call")
+        cls._uses.add("call")
         if cls._global == "builtins.getattr":
-            _record_getattr(trace, args)
-        elif _holds_global(args) or _holds_global(kwargs.values()):
-            trace.problems.append(f"{cls._global} (call with a global as argument)")
-        return _Built(cls._global, trace)
+            _record_getattr(cls._trace, args)
+        elif (args and _holds_global(args)) or (kwargs and _holds_global(kwargs.values())):
+            cls._trace.problems.append(f"{cls._global} (call with a global as argument)")
+        return cls._result
 
 
 class _Rebuilt:
@@ -310,13 +318,13 @@ class _Rebuilt:
     __hash__ = None  # genuine checkpoints never use an object as a dict key or set member
 
     def __new__(cls, *args, **kwargs):  # pickle NEWOBJ (and INST/OBJ without arguments)
-        cls._trace.use(cls._global, "new")
-        if _holds_global(args) or _holds_global(kwargs.values()):
+        cls._uses.add("new")
+        if (args and _holds_global(args)) or (kwargs and _holds_global(kwargs.values())):
             cls._trace.problems.append(f"{cls._global} (created with a global as argument)")
-        return object.__new__(cls)
+        return cls._instance
 
-    def __setstate__(self, state):  # BUILD: the real class restores its own saved state
-        pass
+    def __setstate__(self, state):  # BUILD: the real class restores its own saved state. Being defined here
+        pass  # also makes BUILD on a stand-in class itself fail (unbound call), never set class attributes
 
 
 class _Built:
@@ -332,19 +340,24 @@ class _Built:
         self.trace.use(self.origin, "state")
 
 
-def _holds_global(values: Iterable, depth: int = 0) -> bool:
-    """Whether a bare global (a class or function, not an object) is among ``values``: passing one to a call is
-    how a pickle gets a constructor or function called indirectly."""
+_PLAIN_TYPES = frozenset({int, float, bool, str, bytes, type(None)})
+
+
+def _holds_global(values: Iterable) -> bool:
+    """Whether a bare global (a class or function, not an object) is among ``values``, nested containers
+    included: passing one to a call is how a pickle gets a constructor or function called indirectly."""
+    kinds = set(map(type, values))
+    if kinds <= _PLAIN_TYPES:  # the common case (sizes, strides, flags), decided in C
+        return False
+    if _GlobalStandIn in kinds:
+        return True
     for v in values:
         t = type(v)
-        if t is _GlobalStandIn:
+        if (t is tuple or t is list) and v and _holds_global(v):
             return True
-        if t in (tuple, list) or isinstance(v, dict):
-            if depth > 8 or _holds_global(v.values() if isinstance(v, dict) else v, depth + 1):
-                return True
-            if isinstance(v, dict) and _holds_global(v.keys(), depth + 1):
-                return True
-    return False
+        if (t is dict or t is OrderedDict) and v and (_holds_global(v.keys()) or _holds_global(v.values())):
+            return True
+    return False  # (nesting deep enough to exhaust the stack raises RecursionError: the pickle is refused)
 
 
 def _record_getattr(trace: _Trace, args: tuple) -> None:
@@ -366,6 +379,7 @@ class _Inspector(pickle.Unpickler):
         super().__init__(file, **kwargs)
         self.trace = trace
         self.stand_ins: dict[str, type] = {}
+        self.storage = _Built("<storage>", trace)
 
     def find_class(self, module, name):
         storage = _is_torch_storage(module, name)  # torch maps these names before any find_class sees them
@@ -378,7 +392,9 @@ class _Inspector(pickle.Unpickler):
             if full == "collections.OrderedDict":  # state dicts are filled in by the pickle; a C type it cannot change
                 return OrderedDict
             stand_in = _GlobalStandIn(name.rpartition(".")[2], (_Rebuilt,),
-                                      {"_global": full, "_trace": self.trace, "_storage": storage})
+                                      {"_global": full, "_trace": self.trace, "_uses": self.trace.uses[full],
+                                       "_storage": storage, "_result": _Built(full, self.trace)})
+            stand_in._instance = object.__new__(stand_in)
             self.stand_ins[full] = stand_in
         return stand_in
 
@@ -388,7 +404,7 @@ class _Inspector(pickle.Unpickler):
                 and getattr(pid[1], "_storage", False) is True and isinstance(pid[2], (str, bytes))
                 and isinstance(pid[3], (str, bytes)) and type(pid[4]) is int):
             self.trace.problems.append("a persistent id that is not a torch storage reference")
-        return _Built("<storage>", self.trace)
+        return self.storage
 
 
 def inspect_pickle(data: bytes, encoding: str = "utf-8") -> _Trace:
@@ -398,6 +414,8 @@ def inspect_pickle(data: bytes, encoding: str = "utf-8") -> _Trace:
     """
     trace = _Trace()
     _clear_extension_cache()
+    collecting = gc.isenabled()
+    gc.disable()  # the pass creates thousands of small containers: collecting them would cost more than the pass
     try:
         _Inspector(io.BytesIO(data), trace, encoding=encoding).load()
     except EOFError as e:
@@ -409,6 +427,8 @@ def inspect_pickle(data: bytes, encoding: str = "utf-8") -> _Trace:
     except Exception as e:  # a stand-in was called, hashed, filled in...: genuine checkpoints never do that
         trace.problems.append(f"{type(e).__name__}: {e}")
     finally:
+        if collecting:
+            gc.enable()
         _clear_extension_cache()
     return trace
 
@@ -470,8 +490,13 @@ class _CheckedUnpickler(pickle.Unpickler):
     def load(self):
         if not isinstance(self._file, io.BytesIO):  # torch hands the zip format's data.pkl over as bytes
             raise _refusal(self.source, ["a pickle outside a zip checkpoint"])
-        trace = inspect_pickle(self._file.getvalue(), self._encoding)
-        self._verdict = check(trace, self.allowlist, self.source)
+        data = self._file.getvalue()
+        key = (hashlib.sha256(data).digest(), self._encoding) if self.allowlist is allowlist() else None
+        self._verdict = _verdicts.get(key) if key else None
+        if self._verdict is None:
+            self._verdict = check(inspect_pickle(data, self._encoding), self.allowlist, self.source)
+            if key:
+                _remember(key, self._verdict)
         return super().load()
 
     def find_class(self, module, name):
@@ -487,6 +512,18 @@ class _CheckedUnpickler(pickle.Unpickler):
         if (cls, attribute) not in self._verdict.attributes:
             raise _refusal(self.source, [f"getattr({cls.__qualname__}, {attribute!r})"])
         return getattr(owner, attribute)
+
+
+# Verdicts on pickles already inspected in this process, by content: a file loaded again (a YOLO object and its
+# predictor, the steps of a resume) skips the inspection. Identical bytes run identically, so this is exact.
+_verdicts: dict[tuple[bytes, str], Verdict] = {}
+_VERDICTS_KEPT = 64
+
+
+def _remember(key: tuple[bytes, str], verdict: Verdict) -> None:
+    _verdicts[key] = verdict
+    while len(_verdicts) > _VERDICTS_KEPT:
+        _verdicts.pop(next(iter(_verdicts)), None)
 
 
 def _refuse_pickle_module_load(*args, **kwargs):
