@@ -74,6 +74,21 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
+def model_not_found_message(model: str) -> str:
+    """One line (Chinese, then English) naming the missing model and the closest real names."""
+    from ultralytics_addmodules.messages import bilingual
+    from ultralytics_addmodules.model_yamls import suggest_model_names
+
+    close = ", ".join(suggest_model_names(model))
+    if close:
+        return bilingual(f"找不到模型 {model}；你是不是想用：{close}", f"model not found: {model}; did you mean: {close}")
+    return bilingual(
+        f"找不到模型 {model}；有效值：yaml/ 中的文件名、Ultralytics 自带的 YAML（如 yolo11n.yaml）或已有的 .pt 文件",
+        f"model not found: {model}; valid: a file name from yaml/, an Ultralytics YAML (e.g. yolo11n.yaml) "
+        "or an existing .pt file",
+    )
+
+
 def default_device() -> str:
     import torch
 
@@ -252,8 +267,10 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         model = YOLO(args.model)
-    except FileNotFoundError as e:
-        fail(f"model not found: {args.model} ({e})")
+    except FileNotFoundError:
+        fail(model_not_found_message(args.model))
+    except ultralytics_addmodules.ModelYAMLError as e:  # already one line naming the layer and the bad value
+        fail(f"{args.model}: {e}")
     except CHECKPOINT_ERRORS as e:  # a .pt that is refused, damaged or needs something not installed
         fail(f"--model {args.model}: {e}")
     data = check_data(args, task=model.task)  # labels are checked in the format of the model's task

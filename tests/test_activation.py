@@ -90,7 +90,7 @@ def test_activate_is_idempotent():
 
 
 def test_shipped_yamls_resolve_by_bare_name_from_any_directory(tmp_path):
-    names = [p.name for p in list_model_yamls() if not needs_newer_release(p)]
+    names = [p.name for p in list_model_yamls("detect") if not needs_newer_release(p)]
     assert names, "no model YAMLs shipped in yaml/"
     scaled = [re.sub(r"^(yolo\d+|yolov\d+)-", r"\1n-", n) for n in names]
     code = textwrap.dedent(f"""

@@ -149,8 +149,8 @@ def test_corrupt_and_truncated_checkpoint_errors_name_the_file(tmp_path):
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"\x00this is not a checkpoint" * 64)
-    for bad in (truncated, garbage):
-        with pytest.raises(RuntimeError, match=re.escape(bad.name)) as e:
+    for bad in (truncated, garbage):  # the stock exception types (RuntimeError, UnpicklingError, ...), clearer text
+        with pytest.raises(Exception, match=re.escape(bad.name)) as e:
             YOLO(str(bad))
         assert "corrupt or truncated" in str(e.value)
 
@@ -218,7 +218,7 @@ def test_checkpoint_needing_timm_without_timm_names_the_extra(tmp_path):
 
 # --- fused inference --------------------------------------------------------------------------------------
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [p.name for p in list_model_yamls()])
+@pytest.mark.parametrize("name", [p.name for p in list_model_yamls("detect")])
 def test_fuse_folds_every_batchnorm_in_our_modules(name):
     torch.manual_seed(0)
     model = randomize_and_calibrate_(YOLO(scaled(name)).model)
@@ -304,17 +304,18 @@ def test_fused_backbone_at_least_as_fast_as_timm():
 def test_benchmark_script_runs_with_tiny_settings(tmp_path):
     models = ["yolo11n.yaml", scaled("yolo11-MobileNetV4.yaml")]
     r = fresh_python(
-        f"import sys, runpy; sys.argv = ['run.py', '--quick', '--imgsz', '32', '--epochs', '1', '--models', "
-        f"{', '.join(repr(m) for m in models)}]; runpy.run_path({str(REPO / 'benchmarks' / 'run.py')!r}, "
-        f"run_name='__main__')", cwd=tmp_path, timeout=900)
+        f"import sys, runpy; sys.argv = ['run.py', '--quick', '--imgsz', '32', '--no-accuracy', '--runtimes', "
+        f"'pytorch,ort', '--models', {', '.join(repr(m) for m in models)}]; "
+        f"runpy.run_path({str(REPO / 'benchmarks' / 'run.py')!r}, run_name='__main__')", cwd=tmp_path, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
-    lines = [line for line in r.stdout.splitlines() if line.startswith("|")]
+    table = r.stdout.split("### Latency at 32x32", 1)[1]
+    lines = [line for line in table.splitlines() if line.startswith("|")]
     cells = [[c.strip() for c in line.strip().strip("|").split("|")] for line in lines]
     header, rows = cells[0], {row[0]: row for row in cells[2:]}
-    ratio_columns = [i for i, title in enumerate(header) if title.endswith(" x")]
-    assert len(ratio_columns) == 6, header  # params, GFLOPs, PyTorch, ORT, img/s, RSS
+    ratio_columns = [i for i, title in enumerate(header) if title == "x"]
+    assert len(ratio_columns) == 2, header  # PyTorch fused, ONNX Runtime fp32
     assert sorted(rows) == sorted(models), list(rows)
     assert all(rows["yolo11n.yaml"][i] == "1.00" for i in ratio_columns)
     for i in ratio_columns:
         assert float(rows[models[1]][i]) > 0, (header[i], rows[models[1]])
-    assert not rows[models[1]][header.index("Error")]
+    assert "Latency protocol:" in r.stdout and "interleaved" in r.stdout

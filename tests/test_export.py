@@ -19,7 +19,7 @@ from ultralytics_addmodules.model_yamls import list_model_yamls
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-YAMLS = [p.name for p in list_model_yamls()]
+YAMLS = [p.name for p in list_model_yamls("detect")]  # the checks below read Detect outputs
 # Exported output vs PyTorch float32: max abs difference of the whole Detect output (xywh boxes in pixels,
 # class scores) below 1e-3, or below 3x float32's own rounding noise where that is larger. The models have
 # random weights with calibrated BatchNorm statistics (a default-initialised model gives nearly the same

@@ -48,7 +48,7 @@ def _unpacked_release(version: str) -> Path:
 @pytest.fixture(scope="module")
 def unsupported_release() -> dict:
     """Environment for a fresh interpreter that imports an unsupported Ultralytics release first."""
-    return {"PYTHONPATH": os.pathsep.join([str(_unpacked_release(UNSUPPORTED)), str(TESTS)])}
+    return {"PYTHONPATH": os.pathsep.join([str(_unpacked_release(UNSUPPORTED)), str(TESTS)]), "YOLO_VERBOSE": "true"}
 
 
 def _ours_in(text: str) -> list[str]:
@@ -87,7 +87,7 @@ def test_unsupported_release_trains_stock_one_step(unsupported_release, tmp_path
         from ultralytics.nn import tasks
         from helpers import train_one_step
         m = tasks.DetectionModel('yolo11n.yaml', nc=2, verbose=False)
-        print('LOSS', train_one_step(m))
+        print('LOSS', train_one_step(m, nc=2))
     """)
     r = fresh_python(code, cwd=tmp_path, env=unsupported_release)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -96,7 +96,8 @@ def test_unsupported_release_trains_stock_one_step(unsupported_release, tmp_path
 
 def test_yolo_version_prints_only_the_version():
     yolo = Path(sys.executable).with_name("yolo")
-    r = subprocess.run([str(yolo), "version"], capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "YOLO_VERBOSE": "true"}  # the version is a log line: hidden when not verbose
+    r = subprocess.run([str(yolo), "version"], capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == ultralytics.__version__
     assert not _ours_in(r.stderr)
@@ -104,10 +105,10 @@ def test_yolo_version_prints_only_the_version():
 
 def test_a_process_without_our_modules_prints_nothing_of_ours_and_ours_says_one_line(tmp_path):
     code = textwrap.dedent("""
-        from ultralytics import YOLO
-        YOLO('yolo11n.yaml')
+        from ultralytics.nn.tasks import DetectionModel
+        DetectionModel('yolo11n.yaml', verbose=True)  # verbose, as training builds it: the model table prints
         print('---')
-        YOLO('yolo11n-MobileNetV4.yaml')
+        DetectionModel('yolo11n-MobileNetV4.yaml', verbose=True)
     """)
     r = fresh_python(code, cwd=tmp_path, env={"YOLO_VERBOSE": "true"})
     assert r.returncode == 0, r.stderr[-2000:]
@@ -141,7 +142,7 @@ def test_failing_plugin_leaves_a_live_process_and_stock_ultralytics(kind, tmp_pa
         print('BACKBONES', 'MobileNetV4ConvSmall' in addon.backbones(), addon.lookup('Conv') is None)
     """)
     r = fresh_python(code, cwd=tmp_path, env={"ULTRALYTICS_ADDMODULES_PLUGINS": f"bad_plugin_{kind}",
-                                              "PYTHONPATH": str(tmp_path)})
+                                              "PYTHONPATH": str(tmp_path), "YOLO_VERBOSE": "true"})
     assert r.returncode == 0, r.stderr[-3000:]
     assert "STATE False True" in r.stdout
     assert "STOCK 2624080" in r.stdout
@@ -170,8 +171,10 @@ def test_pth_line_is_silent_when_its_module_is_gone(tmp_path):
 def test_corrupt_checkpoint_keeps_the_stock_exception_type(tmp_path):
     from ultralytics import YOLO
 
+    import torch
+
     good = tmp_path / "good.pt"
-    YOLO("yolo11n.yaml").save(good)
+    torch.save({"model": tasks.DetectionModel("yolo11n.yaml", nc=2, verbose=False).half(), "train_args": {}}, good)
     bad = tmp_path / "truncated.pt"
     bad.write_bytes(good.read_bytes()[:20000])
     saved = tasks.torch_safe_load

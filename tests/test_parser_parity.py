@@ -72,6 +72,7 @@ def test_all_official_yamls_are_covered():
 
 
 @pytest.mark.slow
+@pytest.mark.every_release
 @pytest.mark.parametrize("path,scale", list(_cases()))
 def test_same_model_as_stock(path: Path, scale):
     d = tasks.yaml_model_load(path)

@@ -103,3 +103,40 @@ def test_our_yamls_build_the_same_model_on_both_releases(tmp_path):
         assert len(outputs) == 2, outputs
         a, b = (torch.load(f, weights_only=True) for f in outputs)
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(a.abs().max()))
+
+
+def _detect_yamls_buildable_here():
+    for p in list_model_yamls():
+        if any(f"-{task}-" in p.stem for task in ("seg", "pose", "obb", "cls")) or needs_newer_release(p):
+            continue
+        yield pytest.param(p, id=p.stem)
+
+
+@pytest.mark.slow
+@pytest.mark.every_release
+@pytest.mark.parametrize("path", list(_detect_yamls_buildable_here()))
+def test_every_shipped_yaml_trains_fuses_and_exports(path, tmp_path):
+    """On whichever supported release is installed: one epoch on the bundled dataset, fuse(imgsz=...) keeps the
+    outputs, and the ONNX export matches PyTorch."""
+    if "timm" in path.stem:
+        pytest.importorskip("timm")
+    from helpers import REPO
+
+    ort = pytest.importorskip("onnxruntime")
+    name = path.name.replace("-", "n-", 1)
+    model = YOLO(name)
+    model.train(data=str(REPO / "dataset" / "data.yaml"), epochs=1, imgsz=64, batch=16, fraction=0.25, workers=0,
+                device="cpu", plots=False, val=False, project=str(tmp_path), name="t", exist_ok=True, amp=False)
+    trained = YOLO(str(tmp_path / "t" / "weights" / "last.pt"))
+    net = trained.model.float().eval()
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = net(x)[0]
+        net.fuse(verbose=False) if release() < (8, 4) else net.fuse(verbose=False, imgsz=64)
+        after = net(x)[0]
+    torch.testing.assert_close(after, before, rtol=1e-3, atol=1e-3 * float(before.abs().max()))
+    onnx_file = trained.export(format="onnx", imgsz=64, simplify=False, dynamic=False)
+    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    exported = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+    # the export is of the fused model: compare with it, relative to the output's scale (boxes are pixels)
+    torch.testing.assert_close(exported, after, rtol=1e-3, atol=1e-4 * float(after.abs().max()))

@@ -312,3 +312,12 @@ def test_chinese_paths_and_names_still_train(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 classes (猫, 狗)" in result.stdout
     assert (tmp_path / "运行" / "一" / "results.csv").is_file()
+
+
+def test_model_yaml_typo_is_one_line_error(dataset_copy, tmp_path):
+    bad = tmp_path / "typo.yaml"
+    bad.write_text((REPO / "yaml" / "yolo11-MobileNetV4.yaml").read_text().replace("C2PSA", "C2PSa"))
+    result = run_train_script("--model", str(bad), "--data", str(dataset_copy), "--project", str(tmp_path / "runs"),
+                              cwd=tmp_path)
+    assert_one_line_error(result, "typo.yaml", "'C2PSa'", "C2PSA", "layer 6")
+    assert not (tmp_path / "runs").exists()

@@ -12,8 +12,13 @@ import sys
 
 # name -> (module inside this package, one-line help)
 SUBCOMMANDS = {
-    "compare": ("compare", "compare model YAMLs: params, GFLOPs, latency, mAP (table + Pareto plot)"),
+    "compare": ("compare", "对比模型：参数量、GFLOPs、延迟、mAP（表格 + 帕累托图） | compare models: params, GFLOPs, "
+                           "latency, mAP (table + Pareto plot)"),
+    "deploy-check": ("deploy", "能否部署？导出 ONNX/OpenVINO/NCNN/TFLite/TorchScript，一致性与速度 | will it deploy? "
+                               "export to ONNX/OpenVINO/NCNN/TFLite/TorchScript, parity, speed"),
     "check": ("dataset_check", "检查数据集 | check a dataset: YAML, names, classes.txt, labels, every image"),
+    "layers": ("layers", "逐层参数量与 GFLOPs | per-layer parameters and GFLOPs"),
+    "heatmap": ("heatmap", "热力图（LayerCAM / Grad-CAM） | heatmaps (LayerCAM / Grad-CAM) over images"),
 }
 
 

@@ -314,9 +314,9 @@ def _construct(cls: Any, rule: ChannelRule, row: Row, yaml_args: list, resolved:
         setattr(cls, attr, value)
     try:
         if resolved.repeats > 1:
-            return nn.Sequential(*(cls(*resolved.args, **resolved.kwargs) for _ in range(resolved.repeats)))
-        return cls(*resolved.args, **resolved.kwargs)
-    except ModelYAMLError:
+            return nn.Sequential(*(cls(*resolved.args) for _ in range(resolved.repeats)))
+        return cls(*resolved.args)
+    except (ModelYAMLError, ImportError):  # a missing optional package already says which pip command to run
         raise
     except Exception as e:  # TypeError (argument count), AssertionError (C2PSA's c1 == c2), torch errors, ...
         detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -13,7 +13,8 @@ What is rebound, and why:
   our modules goes to our registry-driven parser (``parser.py``), which follows the release's rules.
 * ``DetectionModel.__init__``: when the first forward (stride computation) fails, say which layer's inputs do
   not fit instead of a bare tensor-size error.
-* ``check_yaml``: bare names of our shipped YAMLs resolve anywhere.
+* ``check_yaml``: bare names of our shipped YAMLs resolve anywhere; ``yaml_model_load``: a model YAML that does
+  not exist gets the closest shipped and official names.
 * ``BaseModel.fuse``: also folds BatchNorm inside our modules (8.4 passes ``imgsz``, which is forwarded).
 * ``initialize_weights``: backbones keep their reference BatchNorm eps and in-place flags.
 * checkpoint loading (``torch_safe_load``): only what genuine checkpoints contain, never hidden code; clear errors
@@ -45,10 +46,10 @@ from ultralytics.nn import modules as ul
 from ultralytics.nn import tasks
 from ultralytics.utils import LOGGER, checks
 
-from . import checkpoints, compat, dataset_check, fonts, parser
+from . import checkpoints, compat, dataset_check, export, fonts, parser
 from .dataset_check import absolute_data_yaml
 from .messages import ModelYAMLError, bilingual
-from .model_yamls import find_model_yaml
+from .model_yamls import find_model_yaml, suggest_model_names
 from .nn.backbone import Backbone
 from .nn.common import fuse_modules
 from .registry import (
@@ -367,6 +368,19 @@ def _check_yaml(file, suffix=(".yaml", ".yml"), hard=True):
     return STOCK["check_yaml"](file, suffix, hard=hard)
 
 
+def _yaml_model_load(path):
+    """``yaml_model_load`` whose "does not exist" names the closest shipped and official model YAMLs."""
+    try:
+        return STOCK["yaml_model_load"](path)
+    except FileNotFoundError as e:
+        close = suggest_model_names(path)
+        if not close:
+            raise
+        raise FileNotFoundError(bilingual(f"找不到模型 YAML {str(path)!r}；你是不是想写：{', '.join(close)}",
+                                          f"model YAML {str(path)!r} does not exist; did you mean: {', '.join(close)}")
+                                ) from e
+
+
 def _fuse(self, *args, **kwargs):
     """``BaseModel.fuse`` that first folds the BatchNorms inside our modules, then runs the stock fuse."""
     fuse_modules(self.model)
@@ -378,18 +392,62 @@ def _onnx_export_needs_legacy_default() -> bool:
     return param is not None and param.default is True
 
 
+# === deployment exports (wt-deploy, issues 20/24): wiring only, the logic lives in export.py ===============
 def _export(self, **kwargs):
-    """``Model.export`` with torch's TorchScript-based ONNX exporter as the default.
+    """``Model.export`` that checks the request first (one clear line before any file is written) and fills
+    in our defaults (``export.prepare_export``), then runs the stock export with these swaps in place:
 
-    8.3.0 was written for that exporter; newer torch defaults to the dynamo exporter (needs onnxscript,
-    builds other graphs). Every format that goes through ONNX (onnx, engine, openvino, ...) is covered.
+    - torch's TorchScript-based ONNX exporter as the default (8.3.0 was written for it; newer torch
+      defaults to the dynamo exporter, which needs onnxscript and builds other graphs);
+    - NCNN: 8.3.0 looks for pnnx in the cwd or in ``exporter.ROOT``; ROOT points at the pip package's binary;
+    - TensorFlow formats: onnx2tf's sample images provided (not downloaded), no pip install of tflite_support
+      (``Exporter._add_tflite_metadata`` falls back to our writer), torchvision's ops loaded before TensorFlow.
     """
-    original = torch.onnx.export
-    torch.onnx.export = functools.partial(original, dynamo=False)
+    from ultralytics.engine import exporter
+
+    kwargs = export.prepare_export(self, kwargs)
+    fmt = str(kwargs.get("format", "torchscript")).lower()
+    swaps = []
+    if _onnx_export_needs_legacy_default():
+        swaps.append((torch.onnx, "export", functools.partial(torch.onnx.export, dynamo=False)))
+    if fmt == "ncnn" and hasattr(exporter, "ROOT"):
+        swaps.append((exporter, "ROOT", export.pnnx_dir()))
+    if fmt in export.TENSORFLOW_FORMATS:
+        export.import_torchvision_ops()
+        stock_writer = exporter.Exporter._add_tflite_metadata
+        swaps.append((exporter.Exporter, "_add_tflite_metadata", functools.partialmethod(_add_tflite_metadata,
+                                                                                          stock_writer)))
+        if hasattr(exporter, "check_requirements"):
+            swaps.append((exporter, "check_requirements",
+                          export.without_requirement(exporter.check_requirements, "tflite_support")))
+    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in swaps]
     try:
-        return STOCK["export"](self, **kwargs)
+        for owner, name, value in swaps:
+            setattr(owner, name, value)
+        if fmt not in export.TENSORFLOW_FORMATS:
+            return STOCK["export"](self, **kwargs)
+        with export.onnx2tf_sample_data():
+            return STOCK["export"](self, **kwargs)
     finally:
-        torch.onnx.export = original
+        for owner, name, value in reversed(saved):
+            setattr(owner, name, value)
+
+
+def _add_tflite_metadata(self, stock_writer, file):
+    """Stock TFLite metadata needs tflite_support (not installable next to current TensorFlow); without it,
+    write the same dict in the form AutoBackend reads."""
+    try:
+        return stock_writer(self, file)
+    except ImportError:
+        export.write_tflite_metadata(file, self.metadata)
+
+
+def _autobackend_init(self, weights="yolo11n.pt", *args, **kwargs):
+    """Loading a .tflite model imports TensorFlow; load torchvision's ops first (the other order crashes)."""
+    if str(weights).endswith(".tflite"):
+        export.import_torchvision_ops()
+    return STOCK["autobackend_init"](self, weights, *args, **kwargs)
+# === end of deployment exports ===========================================================================
 
 
 def _initialize_weights(model):
@@ -563,6 +621,7 @@ def _apply(table: dict) -> None:
     from ultralytics.data import utils as data_utils
     from ultralytics.engine.model import Model
     from ultralytics.engine.trainer import BaseTrainer
+    from ultralytics.nn.autobackend import AutoBackend
     from ultralytics.utils import plotting
 
     register_builtin_modules(table)
@@ -570,8 +629,10 @@ def _apply(table: dict) -> None:
         parse_model=tasks.parse_model,
         detection_init=tasks.DetectionModel.__init__,
         check_yaml=checks.check_yaml,
+        yaml_model_load=tasks.yaml_model_load,
         fuse=tasks.BaseModel.fuse,
         export=Model.export,
+        autobackend_init=AutoBackend.__init__,
         initialize_weights=tasks.initialize_weights,
         check_det_dataset=data_utils.check_det_dataset,
         check_pip_update_available=checks.check_pip_update_available,
@@ -581,13 +642,14 @@ def _apply(table: dict) -> None:
     p.replace(tasks.DetectionModel, "__init__", _detection_model_init)
     p.rebind_everywhere(STOCK["check_yaml"], _check_yaml, "check_yaml")
     p.replace(checks, "check_yaml", _check_yaml)
+    p.rebind_everywhere(STOCK["yaml_model_load"], _yaml_model_load, "yaml_model_load")
     p.replace(tasks.BaseModel, "fuse", _fuse)
     p.replace(tasks, "initialize_weights", _initialize_weights)
     p.rebind_everywhere(STOCK["check_det_dataset"], _check_det_dataset, "check_det_dataset")
     p.replace(data_utils, "check_det_dataset", _check_det_dataset)
     p.replace(checks, "check_pip_update_available", _check_pip_update_available)
-    if _onnx_export_needs_legacy_default():
-        p.replace(Model, "export", _export)
+    p.replace(Model, "export", _export)  # deployment exports: see the marked section above
+    p.replace(AutoBackend, "__init__", _autobackend_init)
     STOCK.update(get_dataset=BaseTrainer.get_dataset, check_font=checks.check_font,
                  annotator_init=plotting.Annotator.__init__)
     p.replace(BaseTrainer, "get_dataset", _get_dataset)

@@ -83,7 +83,6 @@ class Resolved:
     args: list
     c2: Any
     repeats: int = 1
-    kwargs: dict = field(default_factory=dict)
     class_attrs: dict = field(default_factory=dict)
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..messages import bilingual
 from ..registry import ScaledOutput, register_module
 from .common import ConvBNAct, Fusable, round_channels
 
@@ -138,10 +139,17 @@ class C3_UIB(nn.Module):  # noqa: N801 - the YAML name is a public contract
     Like Ultralytics' C3: ``cv1`` and ``cv2`` (1x1) split the input into two halves of ``c_ = c2 * e``
     channels, ``m`` runs ``n`` blocks on the first half, ``cv3`` (1x1) fuses the concatenation.
 
-    The inner block is the ExtraDW form (3x3 depthwise before and after a 4x expansion, SiLU). Why: C3's
-    Bottleneck (1x1 then 3x3 full conv) costs about 10*c_^2 weights; ExtraDW costs about 8*c_^2 + 45*c_,
-    reaches a 5x5 receptive field instead of 3x3, and is the form MobileNetV4's architecture search picked
-    most often. SiLU keeps the activation of the surrounding YOLO layers.
+    The inner block is the ExtraDW form with expansion ratio 1 by default: 3x3 depthwise, 1x1 (act), 3x3
+    depthwise (act), 1x1 projection. That is the block of the published C3_UIB tutorial in structure and
+    cost (about 2*c_^2 + 18*c_ weights against about 10*c_^2 for C3's Bottleneck), so the block is lighter
+    than the C3 it replaces; ``expand_ratio=4`` gives MobileNetV4's usual, heavier form.
+
+    Two deliberate differences from the tutorial's block: the residual is kept when ``shortcut`` is True
+    (the tutorial's block never adds its input; pass ``shortcut=False`` for that), and the activation is
+    SiLU instead of ReLU6, so the block matches the Conv layers around it in every YOLO model.
+
+    YAML arguments (the channel rule inserts ``c1`` and ``n``): ``[c2, shortcut, g, e, expand_ratio]``;
+    ``expand_ratio`` is the 5th, after C3's own four, e.g. ``[256, True, 1, 0.5, 4]``.
 
     Args:
         c1, c2: input / output channels.
@@ -150,17 +158,30 @@ class C3_UIB(nn.Module):  # noqa: N801 - the YAML name is a public contract
         g: groups of the UIB 1x1 convs (C3 passes ``g`` to its bottleneck convs; the spatial convs of a
             UIB are depthwise already).
         e: hidden-channel ratio of the CSP split.
+        expand_ratio: UIB expansion (hidden channels of each block = ``c_ * expand_ratio``, rounded to 8).
     """
 
-    def __init__(self, c1: int, c2: int, n: int = 1, shortcut: bool = True, g: int = 1, e: float = 0.5):
+    def __init__(
+        self, c1: int, c2: int, n: int = 1, shortcut: bool = True, g: int = 1, e: float = 0.5,
+        expand_ratio: float = 1.0,
+    ):
         super().__init__()
+        if isinstance(expand_ratio, bool) or not isinstance(expand_ratio, (int, float)) or not expand_ratio > 0:
+            raise ValueError(bilingual(
+                f"C3_UIB 的扩张比例 expand_ratio（YAML 第 5 个参数）必须是正数，收到 {expand_ratio!r}；"
+                "有效值：任意 > 0 的数，如 1、2、4",
+                f"C3_UIB expand_ratio (5th YAML argument) must be a positive number, got {expand_ratio!r}; "
+                "valid: any number > 0, e.g. 1, 2, 4",
+            ))
         c_ = int(c2 * e)
         self.cv1 = ConvBNAct(c1, c_, 1, act="silu")
         self.cv2 = ConvBNAct(c1, c_, 1, act="silu")
         self.cv3 = ConvBNAct(2 * c_, c2, 1, act="silu")
         self.m = nn.Sequential(
             *(
-                UniversalInvertedBottleneck(c_, c_, 3, 3, 1, expand_ratio=4.0, act="silu", shortcut=shortcut, groups=g)
+                UniversalInvertedBottleneck(
+                    c_, c_, 3, 3, 1, expand_ratio=expand_ratio, act="silu", shortcut=shortcut, groups=g
+                )
                 for _ in range(n)
             )
         )
