@@ -102,27 +102,84 @@ def default_device() -> str:
     return "0" if torch.cuda.is_available() else "cpu"
 
 
-def latest_checkpoint(project: str | None) -> Path:
-    from ultralytics.utils.files import get_latest_run
-
+def run_checkpoints(project: str | None) -> list[Path]:
+    """Every run's last*.pt under the runs folder (as Ultralytics' own resume searches), newest first."""
     search = Path(project) if project else Path("runs")
-    last = get_latest_run(str(search)) if search.is_dir() else ""
-    if not last:
-        fail(f"--resume: no weights/last.pt found under {search.resolve()}; pass the path of one")
-    return Path(last)
+    found = search.rglob("last*.pt") if search.is_dir() else []
+    return sorted((p for p in found if p.is_file()), key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def progress_of(last: Path) -> tuple[int, int] | None:
+    """(epochs done, planned) of an interrupted run; None when it finished. Loading errors are one line."""
+    from ultralytics_addmodules.checkpoints import load_state, training_progress
+
+    return training_progress(load_state(last))
+
+
+def finished_line(last: Path, older: Path | None) -> str:
+    from ultralytics_addmodules.messages import bilingual
+
+    zh = f"--resume：{last} 的训练已经完成，没有可以继续的；用它开始新的训练：python train.py --model {last.with_name('best.pt')}"
+    en = (f"--resume: the run of {last} has finished, there is nothing to resume; start a new training from it: "
+          f"python train.py --model {last.with_name('best.pt')}")
+    if older is not None:
+        zh += f"；要继续更早中断的训练：python train.py --resume {older}"
+        en += f"; to continue an older interrupted run: python train.py --resume {older}"
+    return bilingual(zh, en)
+
+
+def pick_resume_checkpoint(project: str | None) -> tuple[Path, tuple[int, int]]:
+    """The newest run whose last.pt loads; one line (not a traceback) if it finished or none loads."""
+    from ultralytics_addmodules.checkpoints import CHECKPOINT_ERRORS
+    from ultralytics_addmodules.messages import bilingual
+
+    candidates = run_checkpoints(project)
+    search = (Path(project) if project else Path("runs")).resolve()
+    if not candidates:
+        fail(f"--resume: no weights/last.pt found under {search}; pass the path of one")
+    for k, last in enumerate(candidates):
+        try:
+            progress = progress_of(last)
+        except CHECKPOINT_ERRORS as e:
+            print(f"train.py: warning: {bilingual(f'跳过 {last}', f'skipping {last}')}: {e}", file=sys.stderr)
+            continue
+        if progress is not None:
+            return last, progress
+        older = None  # an interrupted run older than the finished one, to name in the hint
+        for candidate in candidates[k + 1:k + 11]:
+            try:
+                if progress_of(candidate) is not None:
+                    older = candidate
+                    break
+            except CHECKPOINT_ERRORS:
+                continue
+        fail(finished_line(last, older))
+    fail(f"--resume: none of the {len(candidates)} last.pt files under {search} loads; pass the path of one")
 
 
 def resume(args: argparse.Namespace) -> None:
     """Continue an interrupted run with the settings it was started with (Ultralytics keeps them)."""
     from ultralytics import YOLO
 
-    last = latest_checkpoint(args.project) if args.resume == "latest" else Path(args.resume)
-    if not last.is_file():
-        fail(f"--resume: checkpoint not found: {last.resolve()}")
-    print(f"resuming {last}")
-    model = YOLO(str(last))
+    from ultralytics_addmodules.checkpoints import CHECKPOINT_ERRORS
+    from ultralytics_addmodules.messages import bilingual
     from ultralytics_addmodules.training import restore_freeze_backbone
 
+    if args.resume == "latest":
+        last, progress = pick_resume_checkpoint(args.project)
+    else:
+        last = Path(args.resume)
+        if not last.is_file():
+            fail(f"--resume: checkpoint not found: {last.resolve()}")
+        try:
+            progress = progress_of(last)
+        except CHECKPOINT_ERRORS as e:
+            fail(f"--resume: {e}")
+        if progress is None:
+            fail(finished_line(last, None))
+    done, planned = progress
+    print(bilingual(f"继续训练 {last}（已完成 {done}/{planned} 轮）", f"resuming {last} ({done} of {planned} epochs done)"))
+    model = YOLO(str(last))
     restore_freeze_backbone(model, last)  # the run's --freeze-backbone setting
     model.train(resume=True, device=args.device or default_device())
 
@@ -195,6 +252,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.resume:
         return resume(args)
 
+    from ultralytics_addmodules.checkpoints import CHECKPOINT_ERRORS
     from ultralytics_addmodules.weights import WeightsError
 
     try:
@@ -205,6 +263,8 @@ def main(argv: list[str] | None = None) -> None:
         fail(model_not_found_message(args.model))
     except ultralytics_addmodules.ModelYAMLError as e:  # already one line naming the layer and the bad value
         fail(f"{args.model}: {e}")
+    except CHECKPOINT_ERRORS as e:  # a .pt that is refused, damaged or needs something not installed
+        fail(f"--model {args.model}: {e}")
     data = check_data(args, task=model.task)  # labels are checked in the format of the model's task
     if args.pretrained:
         try:  # also the starting point of model.train() below

@@ -39,6 +39,45 @@ def make_tiny_dataset(root: Path, n_train: int = 8, n_val: int = 4, imgsz: int =
     return data
 
 
+TASK_MODELS = {"detect": "yolo11n.yaml", "segment": "yolo11n-seg.yaml", "pose": "yolo11n-pose.yaml",
+               "obb": "yolo11n-obb.yaml", "classify": "yolo11n-cls.yaml"}
+
+
+def make_tiny_task_dataset(root: Path, task: str, n_train: int = 4, n_val: int = 2, imgsz: int = 64) -> Path:
+    """A tiny seeded dataset for any Ultralytics task (one coloured rectangle per image, 2 classes): the data YAML
+    for detect/segment/pose/obb (box, polygon, box + centre keypoint, corners), the folder for classify."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", n_train), ("val", n_val)):
+        for k in range(count):
+            cls = k % 2
+            img = rng.integers(0, 60, (imgsz, imgsz, 3), dtype=np.uint8)
+            w, h = rng.integers(imgsz // 4, imgsz // 2, 2)
+            x0, y0 = rng.integers(0, imgsz - w), rng.integers(0, imgsz - h)
+            img[y0:y0 + h, x0:x0 + w] = (255, 60, 60) if cls == 0 else (60, 255, 60)
+            if task == "classify":
+                (root / split / f"class{cls}").mkdir(parents=True, exist_ok=True)
+                cv2.imwrite(str(root / split / f"class{cls}" / f"{k:03d}.jpg"), img)
+                continue
+            (root / split / "images").mkdir(parents=True, exist_ok=True)
+            (root / split / "labels").mkdir(parents=True, exist_ok=True)
+            x1, y1, x2, y2 = x0 / imgsz, y0 / imgsz, (x0 + w) / imgsz, (y0 + h) / imgsz
+            cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+            label = {"detect": f"{cx:.5f} {cy:.5f} {x2 - x1:.5f} {y2 - y1:.5f}",
+                     "pose": f"{cx:.5f} {cy:.5f} {x2 - x1:.5f} {y2 - y1:.5f} {cx:.5f} {cy:.5f} 2",
+                     "segment": f"{x1:.5f} {y1:.5f} {x2:.5f} {y1:.5f} {x2:.5f} {y2:.5f} {x1:.5f} {y2:.5f}",
+                     "obb": f"{x1:.5f} {y1:.5f} {x2:.5f} {y1:.5f} {x2:.5f} {y2:.5f} {x1:.5f} {y2:.5f}"}[task]
+            cv2.imwrite(str(root / split / "images" / f"{k:03d}.jpg"), img)
+            (root / split / "labels" / f"{k:03d}.txt").write_text(f"{cls} {label}\n")
+    if task == "classify":
+        return root
+    extra = "kpt_shape: [1, 3]\nflip_idx: [0]\n" if task == "pose" else ""
+    data = root / "data.yaml"
+    data.write_text(f"path: {root}\ntrain: train/images\nval: val/images\n{extra}names:\n  0: class0\n  1: class1\n")
+    return data
+
+
 def train_one_step(model, imgsz: int = 64, batch: int = 2, nc: int | None = None) -> float:
     """One optimiser step of an Ultralytics detection model on a random batch; returns the loss.
 

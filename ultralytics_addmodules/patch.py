@@ -17,7 +17,10 @@ What is rebound, and why:
   not exist gets the closest shipped and official names.
 * ``BaseModel.fuse``: also folds BatchNorm inside our modules (8.4 passes ``imgsz``, which is forwarded).
 * ``initialize_weights``: backbones keep their reference BatchNorm eps and in-place flags.
-* checkpoint loading: clear errors (same exception types as stock) instead of an automatic pip install.
+* checkpoint loading (``torch_safe_load``): only what genuine checkpoints contain, never hidden code; clear errors
+  (exception types that stock's callers catch) instead of an automatic pip install.
+* ``BaseTrainer.save_model`` / ``strip_optimizer``: temporary file, then rename; ``resume_training`` drops
+  results.csv rows past the checkpoint; ``check_resume`` keeps a refused file's own one-line error.
 * ``check_det_dataset``: a relative data YAML path resolves next to the YAML.
 * ``Model.export``: 8.3.0's TorchScript-based ONNX exporter on torch versions that default to dynamo.
 * ``check_pip_update_available``: after Ultralytics' own upgrade hint, one line on what upgrading means here.
@@ -30,13 +33,10 @@ Nothing else in the package knows how Ultralytics is patched.
 
 from __future__ import annotations
 
-import errno
 import functools
 import inspect
-import pickle
 import sys
 import weakref
-import zipfile
 from copy import deepcopy
 from typing import Any, Callable
 
@@ -47,7 +47,7 @@ from ultralytics.nn import modules as ul
 from ultralytics.nn import tasks
 from ultralytics.utils import LOGGER, checks
 
-from . import compat, dataset_check, export, fonts, parser
+from . import checkpoints, compat, dataset_check, export, fonts, model_yamls, parser, weights
 from .dataset_check import absolute_data_yaml
 from .messages import ModelYAMLError, bilingual
 from .model_yamls import find_model_yaml, suggest_model_names
@@ -340,6 +340,13 @@ def _detection_model_init(self, *args, **kwargs):
         if clear is not None:
             raise clear from e
         raise
+    _load_requested_weights(self, args[0] if args else kwargs.get("cfg"))
+
+
+def _classification_model_init(self, *args, **kwargs):
+    """``ClassificationModel.__init__`` that loads the weights its YAML lines name, like detection models."""
+    STOCK["classification_init"](self, *args, **kwargs)
+    _load_requested_weights(self, args[0] if args else kwargs.get("cfg"))
 
 
 def _explain_build_failure(model) -> ModelYAMLError | None:
@@ -481,95 +488,92 @@ def _check_pip_update_available():
     return available
 
 
-# Modules a checkpoint of ours may need, and how to get them (instead of Ultralytics' automatic pip install).
-_INSTALL_HINTS = {"timm": "pip install ultralytics-addmodules[timm]",
-                  "ultralytics_addmodules": "pip install -U ultralytics-addmodules"}
-
-
-class MissingModuleError(ModuleNotFoundError):
-    """A checkpoint refers to a module that is not installed."""
+# --- checkpoints (issue 17): safe loading, atomic saves, clean resume ----------------------------------------
+# Every checkpoint Ultralytics loads goes through tasks.torch_safe_load (YOLO(x.pt), resume, predictor and
+# validator AutoBackend, attempt_load_weights/attempt_load_one_weight, 8.4's load_checkpoint and NaN recovery);
+# ours loads only what genuine checkpoints contain. Saves are written to temporary files and renamed into place;
+# a resume first drops results.csv rows of epochs the checkpoint does not hold. The logic lives in checkpoints.py.
+MissingModuleError = checkpoints.MissingModuleError
 
 
 def _check_requirements(requirements=(), *args, **kwargs):
-    """Stop Ultralytics from pip-installing modules a checkpoint of ours needs; say what to install."""
+    """Stop Ultralytics from pip-installing modules a checkpoint of ours needs (only reachable when a file is
+    trusted and loaded by stock); say what to install."""
     top = requirements.split(".")[0] if isinstance(requirements, str) else None
-    if top in _INSTALL_HINTS:
+    if top in ("timm", "ultralytics_addmodules"):
         from . import __version__
 
         raise MissingModuleError(
             f"the checkpoint needs module {requirements!r}, which is not installed (ultralytics-addmodules "
-            f"{__version__}); install it with: {_INSTALL_HINTS[top]}", name=requirements)
+            f"{__version__}); install it with: {checkpoints.INSTALL_HINTS[top]}", name=requirements)
     return STOCK["check_requirements"](requirements, *args, **kwargs)
 
 
-def _is_corrupt_file_error(e: Exception) -> bool:
-    if isinstance(e, (EOFError, pickle.UnpicklingError, zipfile.BadZipFile)):
-        return True
-    if isinstance(e, OSError) and e.errno == errno.EINVAL:  # torch's zip reader seeking past a truncated end
-        return True
-    return isinstance(e, RuntimeError) and any(s in str(e) for s in ("PytorchStreamReader", "zip archive"))
-
-
-def _same_type_error(e: Exception, message: str) -> Exception:
-    """An exception of ``e``'s own type with a clearer message (callers that catch the stock type still do)."""
-    try:
-        return type(e)(message)
-    except Exception:  # an exception type whose constructor wants other arguments: keep the original
-        return e
-
-
 def _torch_safe_load(weight, *args, **kwargs):
-    """``torch_safe_load`` with errors that name the checkpoint file."""
-    try:
-        return STOCK["torch_safe_load"](weight, *args, **kwargs)
-    except MissingModuleError as e:
-        raise MissingModuleError(f"cannot load {str(weight)!r}: {e}", name=e.name) from None
-    except Exception as e:
-        if _is_corrupt_file_error(e):
-            raise _same_type_error(e, f"cannot load checkpoint {str(weight)!r}: the file is corrupt or truncated "
-                                      f"({type(e).__name__}: {e})") from e
-        if isinstance(e, AttributeError) and "ultralytics_addmodules" in str(e):
-            raise _same_type_error(e, f"cannot load {str(weight)!r}: {e}; it was saved with another version of "
-                                      f"ultralytics-addmodules: {_INSTALL_HINTS['ultralytics_addmodules']}") from e
-        raise
+    ckpt, file = checkpoints.load_ultralytics_checkpoint(weight, STOCK["torch_safe_load"], *args, **kwargs)
+    for model in (ckpt.get("ema"), ckpt.get("model")) if isinstance(ckpt, dict) else ():
+        if isinstance(model, nn.Module) and isinstance(getattr(model, "yaml", None), dict):
+            # A rebuild from this YAML (fine-tuning, resuming) must build the blocks that were saved.
+            model_yamls.pin_c3_uib_expansion(model)
+            _checkpoint_models.add(model)
+    return ckpt, file
 
 
-# === pretrained weights: wiring only, the logic is weights.apply_requested_weights (issue 15) ==============
-# A weights source written in a YAML line loads once the whole model is built. A model built from the YAML
-# of a checkpoint just read (to receive that checkpoint's weights: fine-tuning best.pt, resuming) skips it:
-# the sources would be overwritten anyway and may no longer exist where the model is used now.
+# A weights source written in a YAML line loads once the whole model is built (issue 15). A model built from
+# the YAML of a checkpoint just read (to receive that checkpoint's weights: fine-tuning best.pt, resuming)
+# skips it: the sources would be overwritten anyway and may no longer exist where the model is used now.
 _checkpoint_models: weakref.WeakSet = weakref.WeakSet()  # models read from checkpoints that are still alive
 
 
-def _remember_checkpoint_models(torch_safe_load):
-    @functools.wraps(torch_safe_load)
-    def remembering(weight, *args, **kwargs):
-        ckpt, file = torch_safe_load(weight, *args, **kwargs)
-        for model in (ckpt.get("ema"), ckpt.get("model")) if isinstance(ckpt, dict) else ():
-            if isinstance(model, nn.Module) and isinstance(getattr(model, "yaml", None), dict):
-                _checkpoint_models.add(model)
-        return ckpt, file
-
-    return remembering
+def _load_requested_weights(model, cfg) -> None:
+    if not any(m.yaml is cfg for m in _checkpoint_models):
+        weights.apply_requested_weights(model, model.yaml.get("yaml_file"))
 
 
-def _load_requested_weights_after_build(init):
-    @functools.wraps(init)
-    def __init__(self, cfg="yolov8n.yaml", *args, **kwargs):
-        init(self, cfg, *args, **kwargs)
-        if not any(m.yaml is cfg for m in _checkpoint_models):
-            from .weights import apply_requested_weights
-
-            apply_requested_weights(self, self.yaml.get("yaml_file"))
-
-    return __init__
+def _save_model(self):
+    return checkpoints.save_atomically(self, STOCK["save_model"])
 
 
-def _wire_pretrained_weights(p: PatchSet) -> None:
-    """Called last in _apply: wraps the (already patched) checkpoint loader and DetectionModel.__init__."""
-    p.replace(tasks, "torch_safe_load", _remember_checkpoint_models(tasks.torch_safe_load))
-    p.replace(tasks.DetectionModel, "__init__", _load_requested_weights_after_build(tasks.DetectionModel.__init__))
-# === end of pretrained weights wiring =====================================================================
+def _strip_optimizer(f="best.pt", s="", updates=None, **kwargs):
+    return checkpoints.strip_atomically(STOCK["strip_optimizer"], f, s, updates, **kwargs)
+
+
+def _resume_training(self, ckpt):
+    STOCK["resume_training"](self, ckpt)
+    if ckpt is not None and self.resume:
+        epoch = ckpt.get("epoch", -1) + 1
+        dropped = checkpoints.drop_rows_after(self.csv, epoch)
+        if dropped:
+            LOGGER.info(bilingual(f"results.csv：删除了 checkpoint（第 {epoch} 轮）之后的 {dropped} 行，这些轮次会重新训练",
+                                  f"results.csv: dropped {dropped} row(s) after the checkpoint's epoch {epoch}; "
+                                  "those epochs train again"))
+
+
+def _check_resume(self, *args, **kwargs):
+    """Stock wraps every failure in "Resume checkpoint not found"; a refused or damaged file keeps its own line."""
+    try:
+        return STOCK["check_resume"](self, *args, **kwargs)
+    except FileNotFoundError as e:
+        if isinstance(e.__cause__, checkpoints.CHECKPOINT_ERRORS):
+            raise e.__cause__ from None
+        raise
+
+
+def _apply_checkpoints(p: PatchSet) -> None:
+    from ultralytics.engine.trainer import BaseTrainer
+    from ultralytics.utils import torch_utils
+
+    STOCK.update(torch_safe_load=tasks.torch_safe_load, check_requirements=tasks.check_requirements,
+                 save_model=BaseTrainer.save_model, strip_optimizer=torch_utils.strip_optimizer,
+                 resume_training=BaseTrainer.resume_training, check_resume=BaseTrainer.check_resume)
+    p.replace(tasks, "check_requirements", _check_requirements)  # only tasks' own calls (checkpoint loading)
+    p.rebind_everywhere(STOCK["torch_safe_load"], _torch_safe_load, "torch_safe_load")  # ultralytics.nn has it too
+    p.replace(tasks, "torch_safe_load", _torch_safe_load)
+    p.replace(BaseTrainer, "save_model", _save_model)
+    p.rebind_everywhere(STOCK["strip_optimizer"], _strip_optimizer, "strip_optimizer")  # trainer, classify trainer
+    p.replace(torch_utils, "strip_optimizer", _strip_optimizer)
+    p.replace(BaseTrainer, "resume_training", _resume_training)
+    p.replace(BaseTrainer, "check_resume", _check_resume)
 
 
 # --- the dataset check in YOLO.train, Chinese labels in plots (issue 18) -----------------------------------
@@ -649,27 +653,25 @@ def _apply(table: dict) -> None:
     STOCK.update(
         parse_model=tasks.parse_model,
         detection_init=tasks.DetectionModel.__init__,
+        classification_init=tasks.ClassificationModel.__init__,
         check_yaml=checks.check_yaml,
         yaml_model_load=tasks.yaml_model_load,
         fuse=tasks.BaseModel.fuse,
         export=Model.export,
         autobackend_init=AutoBackend.__init__,
         initialize_weights=tasks.initialize_weights,
-        check_requirements=tasks.check_requirements,
-        torch_safe_load=tasks.torch_safe_load,
         check_det_dataset=data_utils.check_det_dataset,
         check_pip_update_available=checks.check_pip_update_available,
     )
     p = _PATCHES
     p.replace(tasks, "parse_model", _parse_model)
     p.replace(tasks.DetectionModel, "__init__", _detection_model_init)
+    p.replace(tasks.ClassificationModel, "__init__", _classification_model_init)
     p.rebind_everywhere(STOCK["check_yaml"], _check_yaml, "check_yaml")
     p.replace(checks, "check_yaml", _check_yaml)
     p.rebind_everywhere(STOCK["yaml_model_load"], _yaml_model_load, "yaml_model_load")
     p.replace(tasks.BaseModel, "fuse", _fuse)
     p.replace(tasks, "initialize_weights", _initialize_weights)
-    p.replace(tasks, "check_requirements", _check_requirements)  # only tasks' own calls (checkpoint loading)
-    p.replace(tasks, "torch_safe_load", _torch_safe_load)
     p.rebind_everywhere(STOCK["check_det_dataset"], _check_det_dataset, "check_det_dataset")
     p.replace(data_utils, "check_det_dataset", _check_det_dataset)
     p.replace(checks, "check_pip_update_available", _check_pip_update_available)
@@ -681,7 +683,7 @@ def _apply(table: dict) -> None:
     p.rebind_everywhere(STOCK["check_font"], _check_font, "check_font")
     p.replace(checks, "check_font", _check_font)
     p.replace(plotting.Annotator, "__init__", _annotator_init)
-    _wire_pretrained_weights(p)  # last: it wraps the patched torch_safe_load and DetectionModel.__init__
+    _apply_checkpoints(p)
 
 
 def activate(import_plugins: Callable[[], None]) -> bool:
