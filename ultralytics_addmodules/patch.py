@@ -450,11 +450,13 @@ def _add_tflite_metadata(self, stock_writer, file):
         export.write_tflite_metadata(file, self.metadata)
 
 
-def _autobackend_init(self, weights="yolo11n.pt", *args, **kwargs):
+def _autobackend_init(self, *args, **kwargs):
     """Loading a .tflite model imports TensorFlow; load torchvision's ops first (the other order crashes)."""
-    if str(weights).endswith(".tflite"):
+    # The first parameter is ``weights`` on 8.3 and ``model`` on 8.4: pass everything on as given.
+    source = args[0] if args else kwargs.get("weights", kwargs.get("model"))
+    if str(source).endswith(".tflite"):
         export.import_torchvision_ops()
-    return STOCK["autobackend_init"](self, weights, *args, **kwargs)
+    return STOCK["autobackend_init"](self, *args, **kwargs)
 # === end of deployment exports ===========================================================================
 
 
