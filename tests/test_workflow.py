@@ -172,9 +172,8 @@ def test_offline_plots_with_ascii_names_fall_back_to_pils_font(tmp_path, monkeyp
     assert np.asarray(annotator.result())[:20].any()  # the label was drawn with the fallback font
 
 
-def test_gpu_amp_check_offline_warns_and_goes_on(tmp_path, monkeypatch, caplog):
+def test_gpu_amp_check_offline_warns_and_goes_on(tmp_path, monkeypatch):
     """Cut the network, hand check_amp a model that says it lives on CUDA: it must warn and return True."""
-    import logging
     import socket
 
     import torch
@@ -196,6 +195,8 @@ def test_gpu_amp_check_offline_warns_and_goes_on(tmp_path, monkeypatch, caplog):
         def parameters(self, recurse=True):
             yield CudaParameter()
 
-    with caplog.at_level(logging.WARNING, logger="ultralytics"):
-        assert checks.check_amp(OnCuda()) is True
-    assert "offline" in caplog.text.lower() and not (tmp_path / "yolov8n.pt").exists()
+    warnings = []  # Ultralytics' logger setup differs between releases: record its warnings directly
+    monkeypatch.setattr(checks.LOGGER, "warning", lambda msg, *a, **k: warnings.append(str(msg)))
+    assert checks.check_amp(OnCuda()) is True
+    assert any("offline" in w.lower() for w in warnings), warnings
+    assert not (tmp_path / "yolov8n.pt").exists()
