@@ -348,3 +348,11 @@ def needs_newer_release(yaml_path: Path) -> bool:
     d = yaml.safe_load(Path(yaml_path).read_text())
     uses_84 = "end2end" in d or any(row[2] == "A2C2f" for row in d["backbone"] + d["head"])
     return uses_84 and release() < (8, 4)
+
+
+def buildable_model_yamls(task: str | None = None) -> list[str]:
+    """Names of the shipped model YAMLs (of one task, or all) that the installed Ultralytics can build."""
+    from ultralytics_addmodules.model_yamls import list_model_yamls
+
+    paths = list_model_yamls(task) if task else list_model_yamls()
+    return [p.name for p in paths if not needs_newer_release(p)]

@@ -20,6 +20,7 @@ from helpers import (
     Float32Reference,
     assert_close_to_scale,
     assert_matches_float32_reference,
+    buildable_model_yamls,
     fresh_python,
     make_tiny_dataset,
     randomize_and_calibrate_,
@@ -232,7 +233,7 @@ def test_checkpoint_needing_timm_without_timm_names_the_extra(tmp_path):
 
 # --- fused inference --------------------------------------------------------------------------------------
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [p.name for p in list_model_yamls("detect")])
+@pytest.mark.parametrize("name", buildable_model_yamls("detect"))
 def test_fuse_folds_every_batchnorm_in_our_modules(name):
     torch.manual_seed(0)
     model = randomize_and_calibrate_(YOLO(scaled(name)).model)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import fresh_python
+from helpers import buildable_model_yamls, fresh_python
 from ultralytics import YOLO
 
 from ultralytics_addmodules import __main__ as cli
@@ -26,10 +26,7 @@ from ultralytics_addmodules import export
 from ultralytics_addmodules.deploy import informative_random_weights_, relative_errors
 from ultralytics_addmodules.model_yamls import list_model_yamls
 
-try:
-    DETECT_YAMLS = [p.name for p in list_model_yamls("detect")]
-except TypeError:  # before task-specific YAMLs existed every shipped YAML was a detection model
-    DETECT_YAMLS = [p.name for p in list_model_yamls()]
+DETECT_YAMLS = buildable_model_yamls("detect")
 SCALED = [n.replace("yolo11-", "yolo11n-").replace("yolov5-", "yolov5n-") for n in DETECT_YAMLS]
 IMAGE = Path(__file__).resolve().parents[1] / "dataset" / "val" / "images" / "val_0000.jpg"
 

@@ -15,15 +15,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import Float32Reference, assert_matches_float32_reference, randomize_and_calibrate_
+from helpers import (
+    Float32Reference,
+    assert_matches_float32_reference,
+    buildable_model_yamls,
+    randomize_and_calibrate_,
+)
 from ultralytics import YOLO
 
-from ultralytics_addmodules.model_yamls import list_model_yamls
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-YAMLS = [p.name for p in list_model_yamls("detect")]  # the checks below read Detect outputs
+YAMLS = buildable_model_yamls("detect")  # the checks below read Detect outputs
 # Exported outputs are compared with PyTorch float32 within a stated factor of float32's own rounding noise,
 # measured on the same inputs (helpers.assert_matches_float32_reference, NOISE_FACTOR). The models have
 # random weights with calibrated BatchNorm statistics (a default-initialised model gives nearly the same output
