@@ -85,7 +85,7 @@ def train_one_step(model, imgsz: int = 64, batch: int = 2, nc: int | None = None
     """
     from ultralytics.cfg import get_cfg
 
-    nc = nc or model.nc
+    nc = nc or model.yaml["nc"]  # the model's class count (8.4 keeps no .nc on the model)
     model.args = get_cfg()
     model.train()
     g = torch.Generator().manual_seed(0)

@@ -309,15 +309,17 @@ def _stop_training(trainer):
 def test_trainers_dataset_step_runs_the_quick_check(ds):
     from types import SimpleNamespace
 
+    from ultralytics.cfg import get_cfg
     from ultralytics.engine.trainer import BaseTrainer
 
     (ds.parent / "val" / "labels" / "classes.txt").write_text("class1\nclass0\n")
-    trainer = SimpleNamespace(args=SimpleNamespace(data=str(ds), task="detect"))
+    trainer = SimpleNamespace(args=get_cfg(overrides={"data": str(ds), "task": "detect"}))
     with pytest.raises(DatasetError, match="same classes in another order"):
         BaseTrainer.get_dataset(trainer)  # the wiring in patch.py, without building a trainer
     (ds.parent / "val" / "labels" / "classes.txt").unlink()
-    train, val = BaseTrainer.get_dataset(trainer)  # then stock Ultralytics, unchanged
-    assert Path(train) == ds.parent / "train" / "images" and trainer.data["names"] == {0: "class0", 1: "class1"}
+    result = BaseTrainer.get_dataset(trainer)  # then stock Ultralytics, unchanged
+    data = getattr(trainer, "data", None) or result  # 8.3 keeps it and returns (train, val); 8.4 returns it
+    assert Path(data["train"]) == ds.parent / "train" / "images" and data["names"] == {0: "class0", 1: "class1"}
 
 
 @pytest.mark.slow

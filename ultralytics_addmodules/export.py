@@ -156,10 +156,10 @@ def prepare_export(model, kwargs: dict) -> dict:
             "请用 optimize=False 导出，或换用带 XNNPACK 的 torch",
             "optimize=True (mobile optimisation) needs a torch build with XNNPACK, and this torch build has "
             "none; export with optimize=False, or use a torch build with XNNPACK"))
-    if not _is_ultralytics_83():  # the defaults below fix 8.3.0's; newer releases choose their own
-        return kwargs
-    if fmt in ONNX_BASED_FORMATS and kwargs.get("opset") is None:
+    # 8.3.0 exports at torch's newest opset (slower on ONNX Runtime, see DEFAULT_ONNX_OPSET); 8.4 chooses its own.
+    if fmt in ONNX_BASED_FORMATS and kwargs.get("opset") is None and _is_ultralytics_83():
         kwargs["opset"] = DEFAULT_ONNX_OPSET
+    # Every release would otherwise fetch a COCO sample to calibrate on, which fails offline.
     if kwargs.get("int8") and fmt in INT8_FORMATS and not kwargs.get("data"):
         data = _training_data(model) or bundled_data_yaml()
         if data is None:
