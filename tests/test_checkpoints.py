@@ -533,3 +533,40 @@ def test_run_killed_while_saving_resumes_with_every_epoch_exactly_once(tmp_path)
     assert _epochs(run) == [1, 2, 3]
     assert torch.load(last, map_location="cpu", weights_only=False)["epoch"] == -1  # finished and stripped
 
+
+
+def test_layers_of_a_users_registered_module_load_and_nothing_else_of_it(tmp_path, monkeypatch):
+    """A model built from the user's own registered blocks saves them; loading it back must work (the user's
+    module is imported already), while a non-layer global of that same module is still refused."""
+    import sys
+    import types
+
+    from ultralytics_addmodules import registry
+
+    module = types.ModuleType("users_blocks")
+    exec(textwrap.dedent("""
+        import torch
+        class UserBlock(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv = torch.nn.Conv2d(3, 4, 1)
+        class Helper(torch.nn.Module):  # a layer the registered block may use inside
+            pass
+        def not_a_layer():
+            return 1
+    """), module.__dict__)
+    monkeypatch.setitem(sys.modules, "users_blocks", module)
+    saved = registry.snapshot()
+    try:
+        registry.register_module(module.UserBlock)
+        torch.save({"model": torch.nn.Sequential(module.UserBlock(), module.Helper())}, tmp_path / "user.pt")
+        loaded = safe_load(tmp_path / "user.pt")
+        assert type(loaded["model"][0]).__name__ == "UserBlock"
+        torch.save({"model": module.not_a_layer}, tmp_path / "function.pt")
+        with pytest.raises(UnsafeCheckpointError, match="users_blocks.not_a_layer"):
+            safe_load(tmp_path / "function.pt")
+    finally:
+        registry.restore(saved)
+    torch.save({"model": module.UserBlock()}, tmp_path / "unregistered.pt")  # new weights: a new verdict
+    with pytest.raises(UnsafeCheckpointError, match="users_blocks.UserBlock"):
+        safe_load(tmp_path / "unregistered.pt")

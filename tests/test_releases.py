@@ -71,7 +71,9 @@ SIGNATURE = textwrap.dedent("""
             torch.save(model.state_dict(), weights)
         with torch.no_grad():
             y = model(x)
-        torch.save(y[0] if isinstance(y, (list, tuple)) else y, path + '.' + ultralytics.__version__ + '.out.pt')
+        while isinstance(y, (list, tuple)):  # the decoded predictions (8.4 nests segment/pose ones one deeper)
+            y = y[0]
+        torch.save(y, path + '.' + ultralytics.__version__ + '.out.pt')
         state = model.state_dict()
         out[path] = [sum(p.numel() for p in model.parameters()), sorted((k, list(v.shape)) for k, v in state.items())]
     print('SIGNATURE', json.dumps(out))

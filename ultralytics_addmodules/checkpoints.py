@@ -52,6 +52,7 @@ import io
 import os
 import pickle
 import shutil
+import sys
 import threading
 import types
 import zipfile
@@ -263,7 +264,24 @@ class Allowlist:
 
             obj = resolve(module, name, source)
             return isinstance(obj, type) and issubclass(obj, torch.nn.Module)
+        if kinds <= {"new", "ref"}:
+            return _is_user_layer(module, name)
         return False
+
+
+def _is_user_layer(module: str, name: str) -> bool:
+    """A layer class from a module that registered YAML modules (a user's plugin, imported already): models
+    built from the user's own blocks save them, and the process runs that code anyway. Nothing is imported."""
+    import torch
+
+    from .registry import user_modules
+
+    if module not in user_modules() or module not in sys.modules:
+        return False
+    obj = sys.modules[module]
+    for part in name.split("."):
+        obj = getattr(obj, part, None)
+    return isinstance(obj, type) and issubclass(obj, torch.nn.Module)
 
 
 _allowlist_lock = threading.Lock()

@@ -325,6 +325,12 @@ def registered_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def user_modules() -> set[str]:
+    """Python modules whose classes a user (or plugin) registered: code the process already chose to run."""
+    return {getattr(reg.cls, "__module__", "") for reg in _REGISTRY.values()
+            if not reg.stock and not getattr(reg.cls, "__module__", "").startswith("ultralytics_addmodules")}
+
+
 def rule_of(cls: Callable) -> ChannelRule | None:
     """The rule of a registered class (looked up by identity), or None."""
     for reg in _REGISTRY.values():
