@@ -315,8 +315,9 @@ def convert_in_subprocess(name: str, folder: Path, **export_args) -> subprocess.
 @pytest.mark.parametrize("name", [
     "yolo11n-MobileNetV4.yaml",
     pytest.param("yolo11n-MobileNetV4HybridMedium.yaml", marks=pytest.mark.xfail(
-        strict=False, reason="onnx2tf aborts on Mobile MQA's broadcast 4-D MatMul until MQA is rewritten without it "
-                             "(issue 24, nn/ change); passes once that lands")),
+        strict=False, reason="after MQA lost its broadcast MatMul, TensorFlow's converter still dies natively at times "
+                             "on this graph (malloc: unaligned tcache chunk; 1 of 2 runs here, the other wrote the "
+                             "INT8 file): a TensorFlow bug, not ours")),
 ])
 def test_tflite_int8_calibrates_on_the_bundled_data(name, in_tmp):
     if "Hybrid" in name:
