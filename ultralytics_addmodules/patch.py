@@ -12,13 +12,16 @@ What is rebound, and why:
   (after a structure check that only rejects what would crash it, with one clear line instead); a YAML with
   our modules goes to our registry-driven parser (``parser.py``), which follows the release's rules.
 * ``DetectionModel.__init__``: when the first forward (stride computation) fails, say which layer's inputs do
-  not fit instead of a bare tensor-size error.
+  not fit instead of a bare tensor-size error; once built, load the weights its YAML lines name (``weights.py``)
+  unless the model is being rebuilt from a checkpoint just read. ``ClassificationModel.__init__``: the same load.
 * ``check_yaml``: bare names of our shipped YAMLs resolve anywhere; ``yaml_model_load``: a model YAML that does
   not exist gets the closest shipped and official names.
 * ``BaseModel.fuse``: also folds BatchNorm inside our modules (8.4 passes ``imgsz``, which is forwarded).
 * ``initialize_weights``: backbones keep their reference BatchNorm eps and in-place flags.
 * checkpoint loading (``torch_safe_load``): only what genuine checkpoints contain, never hidden code; clear errors
-  (exception types that stock's callers catch) instead of an automatic pip install.
+  (exception types that stock's callers catch) instead of an automatic pip install; C3_UIB expansions of older
+  checkpoints are written into their ``model.yaml`` so that a rebuild (fine-tuning, resuming) matches them.
+* ``AutoBackend.__init__``: TensorFlow is imported after torchvision's ops when a .tflite model is loaded.
 * ``BaseTrainer.save_model`` / ``strip_optimizer``: temporary file, then rename; ``resume_training`` drops
   results.csv rows past the checkpoint; ``check_resume`` keeps a refused file's own one-line error.
 * ``check_det_dataset``: a relative data YAML path resolves next to the YAML.
