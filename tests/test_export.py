@@ -27,7 +27,9 @@ from ultralytics import YOLO
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-YAMLS = buildable_model_yamls("detect")  # the checks below read Detect outputs
+# The checks below read Detect outputs. The *-pretrained YAMLs are the same families at width 1.0 and export
+# through the same code; test_releases exports each of them to ONNX with parity.
+YAMLS = [n for n in buildable_model_yamls("detect") if not n.endswith("-pretrained.yaml")]
 # Exported outputs are compared with PyTorch float32 within a stated factor of float32's own rounding noise,
 # measured on the same inputs (helpers.assert_matches_float32_reference, NOISE_FACTOR). The models have
 # random weights with calibrated BatchNorm statistics (a default-initialised model gives nearly the same output
