@@ -570,3 +570,24 @@ def test_layers_of_a_users_registered_module_load_and_nothing_else_of_it(tmp_pat
     torch.save({"model": module.UserBlock()}, tmp_path / "unregistered.pt")  # new weights: a new verdict
     with pytest.raises(UnsafeCheckpointError, match="users_blocks.UserBlock"):
         safe_load(tmp_path / "unregistered.pt")
+
+
+def test_a_models_loss_object_loads_like_ultralytics_own_restricted_loader_allows(tmp_path):
+    """8.4's own restricted loader rebuilds losses and assigners kept on a model (model.criterion); so do we.
+    Plain classes of other modules stay refused."""
+    from ultralytics.cfg import get_cfg
+    from ultralytics.utils.metrics import Metric
+
+    from helpers import release
+
+    # end-to-end heads: a loss class no released checkpoint in the allowlist holds (E2ELoss on 8.4)
+    model = tasks.DetectionModel("yolo26n.yaml" if release() >= (8, 4) else "yolov10n.yaml", verbose=False)
+    model.args = get_cfg()
+    model.criterion = model.init_criterion()
+    torch.save({"model": model, "train_args": {}}, tmp_path / "with_loss.pt")
+    ckpt, _ = tasks.torch_safe_load(tmp_path / "with_loss.pt")
+    assert type(ckpt["model"].criterion).__name__ == type(model.criterion).__name__
+    assert ckpt["model"].criterion.__module__ == "ultralytics.utils.loss"
+    torch.save({"model": model, "metric": Metric()}, tmp_path / "with_metric.pt")
+    with pytest.raises(UnsafeCheckpointError, match="ultralytics.utils.metrics.Metric"):
+        safe_load(tmp_path / "with_metric.pt")

@@ -214,3 +214,18 @@ def test_supported_set_is_what_pyproject_admits():
     assert bounds == {">=": versions[0], "<=": versions[-1]}
     assert compat.is_supported(ultralytics.__version__)
     assert not compat.is_supported(UNSUPPORTED)
+
+
+def test_activation_imports_no_module_stock_ultralytics_defers(tmp_path):
+    """Ultralytics 8.4 keeps torchvision out of `import ultralytics` (its own test checks it); activating the
+    add-on must not pull in anything heavy that stock leaves for later."""
+    code = ("import sys\nfrom ultralytics import YOLO\nimport ultralytics_addmodules\n"
+            "print('LOADED', sorted(m for m in ('torchvision', 'timm', 'onnx', 'openvino', 'tensorflow') "
+            "if m in sys.modules), ultralytics_addmodules.is_active())")
+    off = fresh_python(code, cwd=tmp_path, env={"ULTRALYTICS_ADDMODULES": "0"})
+    on = fresh_python(code, cwd=tmp_path)
+    assert off.returncode == 0 and on.returncode == 0, (off.stderr + on.stderr)[-2000:]
+    loaded_off = off.stdout.split("LOADED ", 1)[1].strip()
+    loaded_on = on.stdout.split("LOADED ", 1)[1].strip()
+    assert loaded_off.endswith("False") and loaded_on.endswith("True")  # the add-on was off, then active
+    assert loaded_on.rsplit(" ", 1)[0] == loaded_off.rsplit(" ", 1)[0]

@@ -75,6 +75,10 @@ KINDS = ("new", "call", "state", "ref", "attr")
 MODULE_FAMILIES = ("torch.nn.modules", "ultralytics.nn", "ultralytics_addmodules.nn", "timm", "torchvision.models",
                    "torchvision.ops")
 
+# Modules whose plain (non-layer) classes Ultralytics 8.4's own restricted loader (tasks._SafeLoad) rebuilds from
+# their saved state: losses and assigners kept on a model (``model.criterion``) and distillation hooks.
+STATE_CLASS_MODULES = ("ultralytics.utils.loss", "ultralytics.utils.tal", "ultralytics.nn.distill_model")
+
 # Where older checkpoints' names live now: the same moves Ultralytics' own torch_safe_load maps, plus the numpy 2
 # module rename (both spellings resolve on numpy 1.26 and 2.x) and both OS's pathlib classes.
 MOVED_MODULES = {"ultralytics.yolo.utils": "ultralytics.utils", "ultralytics.yolo.v8": "ultralytics.models.yolo",
@@ -264,6 +268,9 @@ class Allowlist:
 
             obj = resolve(module, name, source)
             return isinstance(obj, type) and issubclass(obj, torch.nn.Module)
+        if kinds <= {"new", "ref"} and module in STATE_CLASS_MODULES:
+            obj = resolve(module, name, source)  # a class defined there, rebuilt from state: no code of its own runs
+            return isinstance(obj, type) and obj.__module__ == module and "__setstate__" not in vars(obj)
         if kinds <= {"new", "ref"}:
             return _is_user_layer(module, name)
         return False
