@@ -588,6 +588,11 @@ def test_a_models_loss_object_loads_like_ultralytics_own_restricted_loader_allow
     ckpt, _ = tasks.torch_safe_load(tmp_path / "with_loss.pt")
     assert type(ckpt["model"].criterion).__name__ == type(model.criterion).__name__
     assert ckpt["model"].criterion.__module__ == "ultralytics.utils.loss"
+    if release() >= (8, 4):  # a distillation run's last.pt holds its forward hooks (plain objects, not layers)
+        from ultralytics.nn.distill_model import FeatureHook
+
+        torch.save({"model": model, "hooks": [FeatureHook({}, 16)]}, tmp_path / "with_hook.pt")
+        assert safe_load(tmp_path / "with_hook.pt")["hooks"][0].idx == 16
     torch.save({"model": model, "metric": Metric()}, tmp_path / "with_metric.pt")
     with pytest.raises(UnsafeCheckpointError, match="ultralytics.utils.metrics.Metric"):
         safe_load(tmp_path / "with_metric.pt")

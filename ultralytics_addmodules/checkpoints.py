@@ -267,7 +267,8 @@ class Allowlist:
             import torch
 
             obj = resolve(module, name, source)
-            return isinstance(obj, type) and issubclass(obj, torch.nn.Module)
+            if isinstance(obj, type) and issubclass(obj, torch.nn.Module):
+                return True
         if kinds <= {"new", "ref"} and module in STATE_CLASS_MODULES:
             obj = resolve(module, name, source)  # a class defined there, rebuilt from state: no code of its own runs
             return isinstance(obj, type) and obj.__module__ == module and "__setstate__" not in vars(obj)
