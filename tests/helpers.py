@@ -122,17 +122,10 @@ def randomize_and_calibrate_(model: torch.nn.Module, seed: int = 0, example: tup
     """Random norm affine parameters, then BatchNorm statistics measured on random inputs of shape ``example``
     (train mode), so features stay O(1) and folding the BatchNorms really changes the weights. Returns the
     model in eval mode."""
+    from ultralytics_addmodules.deploy import calibrate_random_batchnorm_
+
     g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
-                m.reset_running_stats()
-                m.momentum = None  # cumulative average over the calibration batches
-        model.train()
-        for _ in range(2):
-            model(torch.randn(example, generator=g))
+    calibrate_random_batchnorm_(model, g, lambda gen: torch.randn(example, generator=gen))
     return model.eval()
 
 

@@ -68,22 +68,31 @@ def load_model(spec: str):
     return yolo
 
 
+def calibrate_random_batchnorm_(model, generator, make_input) -> None:
+    """Random BatchNorm affine parameters, then their statistics measured in train mode on two batches from
+    ``make_input(generator)``: features stay O(1), and folding the BatchNorms really changes the weights."""
+    import torch
+
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.copy_(torch.rand(m.weight.shape, generator=generator) + 0.5)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=generator) * 0.1)
+                m.reset_running_stats()
+                m.momentum = None  # cumulative average over the calibration batches
+        model.train()
+        for _ in range(2):
+            model(make_input(generator))
+
+
 def informative_random_weights_(model, seed: int = 0) -> None:
     """BatchNorm statistics measured on random images (features O(1)) and the head's last convolutions damped:
     a random model whose output depends on its input, for parity checks."""
     import torch
 
     g = torch.Generator().manual_seed(seed)
+    calibrate_random_batchnorm_(model, g, lambda gen: torch.rand(4, 3, 64, 64, generator=gen))
     with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
-                m.reset_running_stats()
-                m.momentum = None  # cumulative average over the calibration batches
-        model.train()
-        for _ in range(2):
-            model(torch.rand(4, 3, 64, 64, generator=g))
         head = model.model[-1]
         for branch in (*getattr(head, "cv2", ()), *getattr(head, "cv3", ())):  # softmax / sigmoid not saturated
             branch[-1].weight.mul_(0.1)
