@@ -154,3 +154,44 @@ def test_moved_classes_stay_importable_from_their_old_modules():
 
     assert uib.LayerScale2d is common.LayerScale2d  # pickled checkpoints name nn.uib.LayerScale2d
     assert common.fuse_modules is fuse.fuse_modules and timm_backbone.fold_conv_batchnorm is fuse.fold_conv_batchnorm
+
+
+def _input_layouts(model: StagedBackbone, run) -> list[bool]:
+    """For each conv of ``model`` (in call order), whether its input was channels_last during ``run()``."""
+    seen: list[bool] = []
+    hooks = [m.register_forward_pre_hook(lambda _, args: seen.append(
+        args[0].is_contiguous(memory_format=torch.channels_last) and not args[0].is_contiguous()))
+        for m in model.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        run()
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def test_inference_runs_channels_last_and_hands_back_the_usual_layout():
+    from helpers import PARITY_REL, assert_close_to_scale
+
+    torch.manual_seed(0)
+    model = TinyFamily(width=1.0).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        layouts = _input_layouts(model, lambda: model(x))
+        features = model(x)
+        model.channels_last_inference = False
+        reference = model(x)
+    assert layouts and all(layouts)  # every conv ran channels_last
+    assert all(f.is_contiguous() for f in features)  # the stock layers after the backbone see NCHW
+    assert_close_to_scale(features, reference, PARITY_REL, "channels_last features")
+
+
+def test_training_and_tracing_keep_nchw():
+    model = TinyFamily(width=1.0)
+    x = torch.randn(2, 3, 64, 64)
+    assert not any(_input_layouts(model.train(), lambda: model(x)))  # autograd through NCHW, as before
+    model.eval()
+    trace = lambda: torch.jit.trace(model, x, strict=False, check_trace=False)  # noqa: E731 (a check reruns eagerly)
+    assert not any(_input_layouts(model, trace))
+    graph = str(trace().graph)
+    assert "aten::contiguous" not in graph  # exported graphs (ONNX, NCNN via TorchScript) are unchanged

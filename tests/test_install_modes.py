@@ -1,8 +1,9 @@
 """Both install modes (regular and editable) activate the add-on in a fresh interpreter.
 
-Each case builds a throw-away venv that reuses the main environment's packages (a path line pointing at the
-main site-packages; its .pth files are not run, so the main install of this project stays invisible) and
-installs this project into it with ``--no-deps --no-build-isolation`` (no network needed).
+Each case builds a throw-away venv that reuses the main environment's packages (path lines pointing at the
+main site-packages and at the directories its own path lines add; its .pth files are not run, so the main
+install of this project stays invisible) and installs this project into it with ``--no-deps
+--no-build-isolation`` (no network needed).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 import sysconfig
 import textwrap
 import venv
+from pathlib import Path
 
 import pytest
 from helpers import REPO, fresh_python
@@ -28,6 +30,22 @@ CHECK = textwrap.dedent("""
 """)
 
 
+def main_env_paths() -> list[str]:
+    """The main environment's site-packages, then each directory a path line of its .pth files adds (CI keeps
+    torch in one shared directory reached that way), leaving out this project's own entries."""
+    main_site = Path(sysconfig.get_paths()["purelib"])
+    paths = [str(main_site)]
+    for pth in sorted(main_site.glob("*.pth")):
+        for line in pth.read_text().splitlines():
+            line = line.strip()
+            if not line or line.startswith(("#", "import ", "import\t")):
+                continue  # the same lines site.py skips or executes rather than adds
+            folder = (main_site / line).resolve()
+            if folder.is_dir() and not folder.is_relative_to(REPO.resolve()) and str(folder) not in paths:
+                paths.append(str(folder))
+    return paths
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("editable", [False, True], ids=["regular", "editable"])
 def test_install_mode(tmp_path, editable):
@@ -37,9 +55,8 @@ def test_install_mode(tmp_path, editable):
     python = env_dir / "bin" / "python"
     child_site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                 capture_output=True, text=True, check=True).stdout.strip()
-    main_site = sysconfig.get_paths()["purelib"]
     with open(f"{child_site}/zz_main_env.pth", "w") as f:  # runs last: our own .pth files come first
-        f.write(main_site + "\n")
+        f.write("\n".join(main_env_paths()) + "\n")
     args = [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
             "--no-build-isolation", "--no-index"]
     if editable:

@@ -26,6 +26,14 @@ from .backbone import FEATURE_STRIDES, Backbone
 from .common import ConvBNAct, round_channels
 
 
+_is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)  # torch >= 2.3 has it
+
+
+def _tracing() -> bool:
+    """Whether a tracer (TorchScript/ONNX export, torch.compile/export) is recording: exported graphs keep NCHW."""
+    return torch.jit.is_tracing() or torch.jit.is_scripting() or _is_compiling()
+
+
 @dataclass(frozen=True)
 class BlockSpec:
     """One table row: ``repeats`` blocks of class ``block`` with ``channels`` outputs at width 1.0.
@@ -95,6 +103,12 @@ class StagedBackbone(Backbone):
 
     stem: nn.Module
     stages: nn.ModuleList
+    # Inference runs the blocks in channels_last memory format: CPU PyTorch sends depthwise convolutions in NCHW
+    # down a slow non-blocked path. Measured at 640 px, 2 threads, fused yolo11n-MobileNetV4: 0.86x stock
+    # yolo11n's time instead of 1.05x (MobileNetV1 0.76x instead of 0.84x, EfficientNetV2 0.86x instead of
+    # 1.04x). The input is converted once and the four features are handed back contiguous, so the stock
+    # layers after the backbone see the layout they always saw. Training and traced exports are unchanged.
+    channels_last_inference = True
     key_layouts: dict[str, KeyLayout] = {}
     scaling: tuple[str, ...] = ("width",)
     references: dict[str, str] = {}
@@ -148,11 +162,14 @@ class StagedBackbone(Backbone):
         self.stages = nn.ModuleList(nn.Sequential(*blocks) for blocks in levels)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        channels_last = self.channels_last_inference and not self.training and not _tracing()
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         x = self.stem(x)
         features = []
         for stage in self.stages:
             x = stage(x)
-            features.append(x)
+            features.append(x.contiguous() if channels_last else x)
         return features
 
     # --- published weights --------------------------------------------------------------------------------
