@@ -215,10 +215,17 @@ def split_halves(data_yaml: Path) -> tuple[Path, Path]:
 
 
 def map50_95(model_path, data: Path, imgsz: int) -> float:
+    """mAP50-95 with the same square letterbox for every variant.
+
+    Ultralytics validates a .pt with rect batches, which pad each side to a stride multiple plus half a stride
+    (a 160 px image becomes 192 px), but a static-shape export with the plain imgsz square. Left at the default,
+    the PyTorch column saw other inputs than the exports: measured on the trained yolo11n-MobileNetV4, 0.198 with
+    rect against 0.185 without, exactly its ONNX export's 0.185, a gap once mistaken for an export error.
+    """
     from ultralytics import YOLO
 
     metrics = YOLO(str(model_path), task="detect").val(data=str(data), imgsz=imgsz, batch=1, device="cpu",
-                                                        plots=False, verbose=False, workers=0)
+                                                        rect=False, plots=False, verbose=False, workers=0)
     return float(metrics.box.map)
 
 

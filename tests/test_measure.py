@@ -108,3 +108,48 @@ def test_spread_warning_names_only_the_noisy_candidates():
     assert spread_warning({"a.yaml": steady}) == ""
     line = spread_warning({"a.yaml": steady, "b.yaml": busy})
     assert "b.yaml" in line and "a.yaml" not in line and " | warning:" in line and "\n" not in line
+
+
+def test_channels_last_benchmark_compares_the_two_layouts_of_one_model(capsys):
+    """benchmarks/channels_last.py times the shipped model against an NCHW copy, leaving the shipped one as is."""
+    import importlib.util
+
+    from helpers import REPO
+    from ultralytics import YOLO
+
+    from ultralytics_addmodules.nn.builder import StagedBackbone
+
+    spec = importlib.util.spec_from_file_location("bench_channels_last", REPO / "benchmarks" / "channels_last.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    model = YOLO("yolo11n-MobileNetV1.yaml").model
+    copied = bench.nchw_copy(model)
+    layouts = lambda m: [b.channels_last_inference for b in m.modules() if isinstance(b, StagedBackbone)]  # noqa: E731
+    assert layouts(model) == [True] and layouts(copied) == [False]
+    bench.main(["--models", "yolo11n-MobileNetV1.yaml", "--imgsz", "64", "--rounds", "1", "--warmup", "0"])
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| yolo11n-MobileNetV1"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert len(cells) == 6 and all(float(cells[i]) > 0 for i in (2, 4, 5))  # both layouts timed, ratios computed
+
+
+def test_benchmark_validates_pytorch_and_exports_with_the_same_letterbox(monkeypatch, tmp_path):
+    """benchmarks/run.py compares a .pt with its exports: the .pt must not get Ultralytics' rect batches, which
+    pad a 160 px image to 192 px while a static export sees 160 (that alone made a 0.013 mAP "export gap")."""
+    import importlib.util
+    from types import SimpleNamespace
+
+    import ultralytics
+    from helpers import REPO
+
+    spec = importlib.util.spec_from_file_location("bench_run_val", REPO / "benchmarks" / "run.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    seen = {}
+
+    def fake_val(self, **kwargs):
+        seen.update(kwargs)
+        return SimpleNamespace(box=SimpleNamespace(map=0.5))
+
+    monkeypatch.setattr(ultralytics.YOLO, "val", fake_val)
+    assert bench.map50_95("yolo11n.yaml", tmp_path / "data.yaml", 160) == 0.5
+    assert seen["rect"] is False and seen["imgsz"] == 160 and seen["batch"] == 1
