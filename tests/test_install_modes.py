@@ -32,7 +32,8 @@ CHECK = textwrap.dedent("""
 
 def main_env_paths() -> list[str]:
     """The main environment's site-packages, then each directory a path line of its .pth files adds (CI keeps
-    torch in one shared directory reached that way), leaving out this project's own entries."""
+    torch in one shared directory, inside the checkout, reached that way), leaving out any that would make this
+    project importable."""
     main_site = Path(sysconfig.get_paths()["purelib"])
     paths = [str(main_site)]
     for pth in sorted(main_site.glob("*.pth")):
@@ -41,7 +42,8 @@ def main_env_paths() -> list[str]:
             if not line or line.startswith(("#", "import ", "import\t")):
                 continue  # the same lines site.py skips or executes rather than adds
             folder = (main_site / line).resolve()
-            if folder.is_dir() and not folder.is_relative_to(REPO.resolve()) and str(folder) not in paths:
+            ours = (folder / "ultralytics_addmodules").is_dir()  # an editable install's line (the checkout)
+            if folder.is_dir() and not ours and str(folder) not in paths:
                 paths.append(str(folder))
     return paths
 
