@@ -186,10 +186,13 @@ def test_inference_runs_channels_last_and_hands_back_the_usual_layout():
     assert_close_to_scale(features, reference, PARITY_REL, "channels_last features")
 
 
-def test_training_and_tracing_keep_nchw():
+def test_training_tracing_and_other_devices_keep_nchw():
     model = TinyFamily(width=1.0)
     x = torch.randn(2, 3, 64, 64)
     assert not any(_input_layouts(model.train(), lambda: model(x)))  # autograd through NCHW, as before
+    on_meta = TinyFamily(width=1.0).to("meta").eval()  # stands in for GPUs: the gain was measured on CPU only
+    layouts = _input_layouts(on_meta, lambda: on_meta(x.to("meta")))
+    assert layouts and not any(layouts)
     model.eval()
     trace = lambda: torch.jit.trace(model, x, strict=False, check_trace=False)  # noqa: E731 (a check reruns eagerly)
     assert not any(_input_layouts(model, trace))

@@ -107,7 +107,8 @@ class StagedBackbone(Backbone):
     # down a slow non-blocked path. Measured at 640 px, 2 threads, fused yolo11n-MobileNetV4: 0.86x stock
     # yolo11n's time instead of 1.05x (MobileNetV1 0.76x instead of 0.84x, EfficientNetV2 0.86x instead of
     # 1.04x). The input is converted once and the four features are handed back contiguous, so the stock
-    # layers after the backbone see the layout they always saw. Training and traced exports are unchanged.
+    # layers after the backbone see the layout they always saw. Training, traced exports and other devices
+    # (measured on CPU only) are unchanged.
     channels_last_inference = True
     key_layouts: dict[str, KeyLayout] = {}
     scaling: tuple[str, ...] = ("width",)
@@ -162,7 +163,8 @@ class StagedBackbone(Backbone):
         self.stages = nn.ModuleList(nn.Sequential(*blocks) for blocks in levels)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        channels_last = self.channels_last_inference and not self.training and not _tracing()
+        channels_last = (self.channels_last_inference and x.device.type == "cpu" and not self.training
+                         and not _tracing())
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         x = self.stem(x)
