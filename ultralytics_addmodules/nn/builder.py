@@ -104,11 +104,10 @@ class StagedBackbone(Backbone):
     stem: nn.Module
     stages: nn.ModuleList
     # Inference runs the blocks in channels_last memory format: CPU PyTorch sends depthwise convolutions in NCHW
-    # down a slow non-blocked path. Measured at 640 px, 2 threads, fused yolo11n-MobileNetV4: 0.86x stock
-    # yolo11n's time instead of 1.05x (MobileNetV1 0.76x instead of 0.84x, EfficientNetV2 0.86x instead of
-    # 1.04x). The input is converted once and the four features are handed back contiguous, so the stock
-    # layers after the backbone see the layout they always saw. Training, traced exports and other devices
-    # (measured on CPU only) are unchanged.
+    # down a slow non-blocked path. Measured (benchmarks/channels_last.py, docs/benchmarks.md): 5-11 % less
+    # time for the fused MobileNetV1/V4 and EfficientNetV2 models at 320 and 640 px. The input is converted
+    # once and the four features are handed back contiguous, so the stock layers after the backbone see the
+    # layout they always saw. Training, traced exports and other devices (measured on CPU only) are unchanged.
     channels_last_inference = True
     key_layouts: dict[str, KeyLayout] = {}
     scaling: tuple[str, ...] = ("width",)
