@@ -228,16 +228,26 @@ def test_compare_and_benchmarks_give_the_same_latency_within_their_spread(tmp_pa
     spec = importlib.util.spec_from_file_location("bench_run", REPO / "benchmarks" / "run.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    settings = {"warmup": 3, "threads": 1}
-    (row,) = compare_models(["yolo11n.yaml"], imgsz=64, runs=25, save_dir=tmp_path / "compare", progress=False,
-                            **settings)
-    table = bench.measure_latency_table(["yolo11n.yaml"], 64, ["pytorch"], runs=25, calib_data="", workdir=tmp_path,
-                                        weights={}, **settings)
-    ours, theirs = row.cpu, table[("yolo11n.yaml", "pytorch")]
-    assert ours.n == theirs.n == 25
-    # the two medians differ by less than the two stated spreads together (the runs are minutes apart on a
-    # shared machine, so not interleaved with each other); before measure.py they differed up to 30-fold
-    assert abs(ours.median_ms - theirs.median_ms) <= ours.iqr_ms + theirs.iqr_ms, (ours, theirs)
+    settings = {"warmup": 3, "threads": 1, "runs": 15}
+    ours, theirs = [], []
+    for _ in range(3):  # the tools take turns, so a shared machine's drift between runs hits both alike
+        (row,) = compare_models(["yolo11n.yaml"], imgsz=64, save_dir=tmp_path / "compare", progress=False, **settings)
+        ours.append(row.cpu)
+        table = bench.measure_latency_table(["yolo11n.yaml"], 64, ["pytorch"], calib_data="", workdir=tmp_path,
+                                            weights={}, **settings)
+        theirs.append(table[("yolo11n.yaml", "pytorch")])
+    assert all(s.n == 15 for s in ours + theirs)
+
+    def median(stats):
+        return statistics.median(s.median_ms for s in stats)
+
+    def spread(stats):  # within a run (IQR) plus between runs of the same tool (how far its medians moved)
+        medians = [s.median_ms for s in stats]
+        return statistics.median(s.iqr_ms for s in stats) + max(medians) - min(medians)
+
+    # A full-suite run once saw two single runs minutes apart differ by 9 % with IQRs of 2-5 %: the IQR alone
+    # is not a run's whole spread. Before measure.py the two tools differed up to 30-fold.
+    assert abs(median(ours) - median(theirs)) <= spread(ours) + spread(theirs), (ours, theirs)
 
 
 def test_plot_draws_a_dot_per_training_run_and_iqr_bars():
