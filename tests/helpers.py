@@ -349,3 +349,14 @@ def buildable_model_yamls(task: str | None = None) -> list[str]:
 
     paths = list_model_yamls(task) if task else list_model_yamls()
     return [p.name for p in paths if not needs_newer_release(p)]
+
+
+def load_script(relative_path: str, name: str):
+    """A repository script (``train.py``, ``benchmarks/run.py``) imported as a fresh module named ``name``,
+    without running its ``__main__`` block."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / relative_path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -5,7 +5,6 @@ killed between its results.csv row and its checkpoint resumes with every epoch e
 from __future__ import annotations
 
 import csv
-import importlib.util
 import os
 import pickle
 import textwrap
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import REPO, TASK_MODELS, fresh_python, make_tiny_task_dataset
+from helpers import TASK_MODELS, fresh_python, load_script, make_tiny_task_dataset
 from ultralytics import YOLO
 from ultralytics.nn import tasks
 
@@ -208,9 +207,7 @@ def test_trusting_a_file_loads_it_with_stock_and_nothing_else(tmp_path, small_mo
 
 # --- train.py as a user runs it ---------------------------------------------------------------------------
 def _train_script():
-    spec = importlib.util.spec_from_file_location("train_script_ckpt", REPO / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("train.py", "train_script_ckpt")
     return module
 
 

@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import REPO, make_tiny_dataset
+from helpers import REPO, load_script, make_tiny_dataset
 
 from ultralytics_addmodules import __main__ as cli
 from ultralytics_addmodules.compare import (
@@ -223,11 +223,7 @@ def test_bad_options_give_one_bilingual_line_and_no_run_folder(tmp_path, capsys,
 @pytest.mark.slow
 def test_compare_and_benchmarks_give_the_same_latency_within_their_spread(tmp_path):
     """Both tools time the same fused model with measure.py; their medians agree within the stated IQRs."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench_run", REPO / "benchmarks" / "run.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("benchmarks/run.py", "bench_run")
     settings = {"warmup": 3, "threads": 1, "runs": 15}
     ours, theirs = [], []
     for _ in range(3):  # the tools take turns, so a shared machine's drift between runs hits both alike

@@ -7,14 +7,13 @@ the loaded weights. The download snippet runs with timm's download replaced by r
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import REPO, make_tiny_dataset, read_ultralytics_checkpoint, save_like_ultralytics
+from helpers import REPO, load_script, make_tiny_dataset, read_ultralytics_checkpoint, save_like_ultralytics
 from ultralytics import YOLO
 from ultralytics.nn.tasks import yaml_model_load
 
@@ -195,9 +194,7 @@ def test_train_py_snippets(name, workspace, tmp_path, monkeypatch, caplog):
     args = snippet(name).split()[2:]  # after "python train.py"
     quick = ["--data", str(run / "dataset" / "data.yaml"), "--epochs", "1", "--imgsz", "64", "--batch", "2",
              "--workers", "0", "--device", "cpu", "--project", str(tmp_path / "runs"), "--name", "doc", "--no-plots"]
-    spec = importlib.util.spec_from_file_location("train_script", REPO / "train.py")
-    train_script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_script)
+    train_script = load_script("train.py", "train_script")
     with caplog.at_level("INFO", logger="ultralytics"):
         train_script.main(args + quick)
     assert "training starts from the loaded pretrained weights" in caplog.text

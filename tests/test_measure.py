@@ -112,16 +112,12 @@ def test_spread_warning_names_only_the_noisy_candidates():
 
 def test_channels_last_benchmark_compares_the_two_layouts_of_one_model(capsys):
     """benchmarks/channels_last.py times the shipped model against an NCHW copy, leaving the shipped one as is."""
-    import importlib.util
-
-    from helpers import REPO
+    from helpers import load_script
     from ultralytics import YOLO
 
     from ultralytics_addmodules.nn.builder import StagedBackbone
 
-    spec = importlib.util.spec_from_file_location("bench_channels_last", REPO / "benchmarks" / "channels_last.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("benchmarks/channels_last.py", "bench_channels_last")
     model = YOLO("yolo11n-MobileNetV1.yaml").model
     copied = bench.nchw_copy(model)
     layouts = lambda m: [b.channels_last_inference for b in m.modules() if isinstance(b, StagedBackbone)]  # noqa: E731
@@ -135,15 +131,12 @@ def test_channels_last_benchmark_compares_the_two_layouts_of_one_model(capsys):
 def test_benchmark_validates_pytorch_and_exports_with_the_same_letterbox(monkeypatch, tmp_path):
     """benchmarks/run.py compares a .pt with its exports: the .pt must not get Ultralytics' rect batches, which
     pad a 160 px image to 192 px while a static export sees 160 (that alone made a 0.013 mAP "export gap")."""
-    import importlib.util
     from types import SimpleNamespace
 
     import ultralytics
-    from helpers import REPO
+    from helpers import load_script
 
-    spec = importlib.util.spec_from_file_location("bench_run_val", REPO / "benchmarks" / "run.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("benchmarks/run.py", "bench_run_val")
     seen = {}
 
     def fake_val(self, **kwargs):

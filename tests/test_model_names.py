@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 
 import pytest
-from helpers import REPO
+from helpers import load_script
 
 from ultralytics_addmodules.model_yamls import official_model_yamls, suggest_model_names
 
@@ -48,9 +47,7 @@ def test_official_names_come_from_the_installed_ultralytics():
 
 
 def load_train_script():
-    spec = importlib.util.spec_from_file_location("train_script", REPO / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("train.py", "train_script")
     return module
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import shutil
@@ -11,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import REPO, make_tiny_dataset
+from helpers import REPO, load_script, make_tiny_dataset
 
 from ultralytics_addmodules.dataset_check import DatasetError, check_dataset, label_file_for
 
@@ -145,9 +144,7 @@ def test_relative_path_key_that_ultralytics_would_misread(dataset_copy):
 
 # --- train.py's main() in process ------------------------------------------------------------------------
 def _import_train_script():
-    spec = importlib.util.spec_from_file_location("train_script", REPO / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("train.py", "train_script")
     return module
 
 

@@ -4,7 +4,6 @@ weights, width errors that name a YAML that works, freeze_backbone across resume
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import time
@@ -21,7 +20,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
-from helpers import PARITY_REL, REPO, assert_close_to_scale, make_tiny_dataset, randomize_and_calibrate_
+from helpers import PARITY_REL, REPO, assert_close_to_scale, load_script, make_tiny_dataset, randomize_and_calibrate_
 from ultralytics import YOLO
 from ultralytics.nn.tasks import DetectionModel, yaml_model_load
 
@@ -451,9 +450,7 @@ def _run_train_py(*args, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def _import_train_script():
-    spec = importlib.util.spec_from_file_location("train_script", REPO / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("train.py", "train_script")
     return module
 
 

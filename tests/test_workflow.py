@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import REPO, make_tiny_dataset
+from helpers import REPO, load_script, make_tiny_dataset
 
 from ultralytics_addmodules.dataset_check import DatasetError, absolute_data_yaml, check_dataset
 
@@ -124,12 +124,9 @@ WORKFLOW_DOC = REPO / "docs" / "workflow.md"
 
 
 def test_docs_list_every_train_py_option(capsys):
-    import importlib.util
     import re
 
-    spec = importlib.util.spec_from_file_location("train_script_doc", REPO / "train.py")
-    train_script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_script)
+    train_script = load_script("train.py", "train_script_doc")
     with pytest.raises(SystemExit):
         train_script.parse_args(["--help"])
     usage = capsys.readouterr().out.split("\n\n")[0]  # the usage block lists every option once
