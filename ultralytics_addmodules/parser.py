@@ -52,8 +52,8 @@ class Dialect:
     header_keys: tuple[str, ...] = ()  # extra header keys the release reads into ModelContext (8.4: reg_max, end2end)
     newer_keys: dict = field(default_factory=dict)  # header keys only later releases read -> first such release
     newer_modules: dict = field(default_factory=dict)  # module names only later releases have -> first such release
-    # "nn." -> torch.nn; a library given by its module name ("torchvision.ops." -> "torchvision.ops") is imported
-    # only when a YAML uses it (stock 8.4 defers torchvision the same way)
+    # YAML name prefix -> the module it names ("nn." -> "torch.nn"), imported when a YAML uses it: stock 8.4
+    # defers torchvision the same way
     name_prefixes: dict = field(default_factory=dict)
     # set Conv.default_act from an nn.Module; returns a function that puts the previous one back
     set_activation: Callable[[nn.Module], Callable[[], None]] | None = None
@@ -186,8 +186,7 @@ def resolve_module(name: str, index: int | None, dialect: Dialect, line: str | N
     """(class, rule, registration) for a YAML module name; ``nn.X``-style names come from their library."""
     for prefix, library in dialect.name_prefixes.items():
         if name.startswith(prefix):
-            if isinstance(library, str):
-                library = importlib.import_module(library)
+            library = importlib.import_module(library)
             cls = getattr(library, name[len(prefix):], None)
             if not isinstance(cls, type):
                 raise layer_error(_where(index, name, line), f"{library.__name__} 中没有模块 {name[len(prefix):]!r}",

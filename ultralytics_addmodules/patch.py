@@ -262,11 +262,11 @@ def _dialect(version: tuple[int, ...]) -> tuple[parser.Dialect, dict]:
     """How this release reads YAMLs, and its rule table."""
     if version[:2] >= (8, 4):
         return parser.Dialect(ultralytics.__version__, keep_nc_unscaled=False, header_keys=("reg_max", "end2end"),
-                              name_prefixes={"nn.": nn, "torchvision.ops.": "torchvision.ops"},
+                              name_prefixes={"nn.": "torch.nn", "torchvision.ops.": "torchvision.ops"},
                               set_activation=_set_default_activation), _rules_8_4()
     newer = {name: "8.4" for names in _rules_8_4().values() for name in names if not hasattr(ul, name)}
     return parser.Dialect(ultralytics.__version__, keep_nc_unscaled=True, newer_keys={"end2end": "8.4", "reg_max": "8.4"},
-                          newer_modules=newer, name_prefixes={"nn.": nn}, set_activation=_set_default_activation), _rules_8_3()
+                          newer_modules=newer, name_prefixes={"nn.": "torch.nn"}, set_activation=_set_default_activation), _rules_8_3()
 
 
 def register_builtin_modules(table: dict) -> None:
